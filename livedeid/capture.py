@@ -1,0 +1,276 @@
+"""Capture: video files (PyAV, frame-exact), cameras (OpenCV) and the synthetic source.
+
+Every source yields :class:`~livedeid.frames.Frame` records. Files carry their
+presentation timestamps; live sources are stamped with ``time.monotonic()`` when the
+frame arrives. :class:`CaptureThread` decouples reading from processing with a bounded
+queue: live sources drop the *oldest* frame when processing lags, files never drop.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import UserError
+from .frames import Frame
+
+
+class Source:
+    """Base class. ``fps`` is nominal, ``frame_count`` is None for live sources."""
+
+    is_live = False
+    fps: float = 30.0
+    frame_count: int | None = None
+    size: tuple[int, int] = (0, 0)  # (width, height)
+    description = "source"
+
+    def read(self) -> Frame | None:  # None = end of stream
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FileSource(Source):
+    """A video file decoded with PyAV (FFmpeg): every frame, in order, as BGR uint8.
+
+    Greyscale, 10/16-bit and odd pixel formats are converted to 8-bit BGR by FFmpeg.
+    A file whose decoding stops before its declared frame count is reported as
+    truncated rather than silently producing a shorter output.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import av
+
+        self.path = Path(path)
+        self.description = f"file {self.path.name}"
+        if not self.path.exists():
+            raise UserError(f"input not found: {self.path}")
+        if not self.path.is_file():
+            raise UserError(f"input is not a file: {self.path}")
+        if self.path.stat().st_size == 0:
+            raise UserError(f"input is empty (0 bytes): {self.path}")
+        try:
+            self._container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read video {self.path}: {_one_line(exc)}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise UserError(f"no video stream in {self.path}")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        fps = float(rate) if rate else float("nan")
+        if not math.isfinite(fps) or fps <= 0 or fps > 1000:
+            self._container.close()
+            raise UserError(f"video {self.path} has no valid frame rate ({fps})")
+        self.fps = fps
+        self.rate = Fraction(rate).limit_denominator(100000)
+        self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
+        if self.size[0] < 2 or self.size[1] < 2:
+            self._container.close()
+            raise UserError(f"video {self.path} is too small ({self.size[0]}x{self.size[1]})")
+        self.frame_count = self._stream.frames or None
+        self.has_audio = bool(self._container.streams.audio)
+        self._frames = self._container.decode(self._stream)
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        import av
+
+        try:
+            vf = next(self._frames)
+        except StopIteration:
+            if self.frame_count and self._index < self.frame_count:
+                raise UserError(
+                    f"video {self.path} is truncated: {self._index} of {self.frame_count} frames decodable"
+                ) from None
+            return None
+        except (av.error.FFmpegError, OSError) as exc:
+            raise UserError(f"video {self.path} is corrupt at frame {self._index}: {_one_line(exc)}") from None
+        image = vf.to_ndarray(format="bgr24")
+        t = float(vf.time) if vf.time is not None else self._index / self.fps
+        frame = Frame(image=image, index=self._index, timestamp=t)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class CameraSource(Source):
+    """An OpenCV camera (index) or stream URL, asking for MJPG where the camera offers it
+    (uncompressed YUYV at 720p+ is limited to low frame rates over USB 2)."""
+
+    is_live = True
+
+    def __init__(self, device: int | str = 0, width: int | None = None, height: int | None = None,
+                 fps: float | None = None, mjpg: bool = True):
+        self.device = device
+        self.description = f"camera {device}"
+        self._cap = cv2.VideoCapture(device)
+        if not self._cap.isOpened():
+            raise UserError(f"camera {device} is not available (see `livedeid doctor` for the cameras found)")
+        if mjpg:
+            self._cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        if width:
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        if height:
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        if fps:
+            self._cap.set(cv2.CAP_PROP_FPS, fps)
+        ok, first = self._cap.read()
+        if not ok or first is None:
+            self._cap.release()
+            raise UserError(f"camera {device} opened but delivers no frames")
+        self._pending: np.ndarray | None = first
+        self.size = (first.shape[1], first.shape[0])
+        reported = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(reported) if reported and math.isfinite(reported) and reported > 0 else (fps or 30.0)
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+        else:
+            ok, image = self._cap.read()
+            if not ok or image is None:
+                raise CameraLost(f"camera {self.device} stopped delivering frames")
+        frame = Frame(image=image, index=self._index, timestamp=time.monotonic())
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class CameraLost(RuntimeError):
+    """A live source failed mid-run (unplugged, driver error)."""
+
+
+class LiveSimulation(Source):
+    """Plays any finite source at its own frame rate with monotonic timestamps, as a camera
+    would (used for `run` with a file or the synthetic source). ``loop`` restarts it."""
+
+    is_live = True
+
+    def __init__(self, make_source, loop: bool = False):
+        self._make = make_source
+        self._src = make_source()
+        self.fps, self.size, self.loop = self._src.fps, self._src.size, loop
+        self.description = f"{self._src.description} (live at {self.fps:.1f} fps)"
+        self._next_t: float | None = None
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        frame = self._src.read()
+        if frame is None and self.loop:
+            self._src.close()
+            self._src = self._make()
+            frame = self._src.read()
+        if frame is None:
+            return None
+        now = time.monotonic()
+        self._next_t = now if self._next_t is None else self._next_t + 1.0 / self.fps
+        if self._next_t > now:
+            time.sleep(self._next_t - now)
+        frame.index, frame.timestamp = self._index, time.monotonic()
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._src.close()
+
+
+def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None,
+                live: bool = False) -> Source:
+    """``spec``: camera index ("0"), ``synthetic[:HR]`` (built-in pulse clip), or a file.
+    ``live`` plays files at their frame rate like a camera."""
+    if spec.isdigit():
+        return CameraSource(int(spec), width, height, fps)
+    if spec.startswith("synthetic"):
+        from .synth import SyntheticPulseSource
+
+        hr = float(spec.split(":", 1)[1]) if ":" in spec else 72.0
+        make = lambda: SyntheticPulseSource(hr_bpm=hr, fps=fps or 30.0,  # noqa: E731
+                                            size=(width or 1280, height or 720))
+        return LiveSimulation(make, loop=True) if live else make()
+    if "://" in spec:
+        return CameraSource(spec, width, height, fps)
+    if live:
+        return LiveSimulation(lambda: FileSource(spec), loop=True)
+    return FileSource(spec)
+
+
+class CaptureThread(threading.Thread):
+    """Reads a source into a bounded queue. Live: when the queue is full the oldest frame
+    is dropped (and counted) so latency stays bounded. Files: the reader waits."""
+
+    def __init__(self, source: Source, maxsize: int = 4):
+        super().__init__(name="livedeid-capture", daemon=True)
+        self.source = source
+        self.frames: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.dropped = 0
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                frame = self.source.read()
+                if frame is None:
+                    break
+                self._put(frame)
+        except BaseException as exc:  # handed to the consumer, which decides
+            self.error = exc
+        finally:
+            self._put(None, final=True)
+
+    def _put(self, item, final: bool = False) -> None:
+        if self.source.is_live and not final:
+            while True:
+                try:
+                    self.frames.put_nowait(item)
+                    return
+                except queue.Full:
+                    try:
+                        self.frames.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+        while not self._halt.is_set() or final:
+            try:
+                self.frames.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if final and self._halt.is_set():
+                    try:  # consumer is gone: make room for the end marker
+                        self.frames.get_nowait()
+                    except queue.Empty:
+                        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,400 @@
+"""Command line: ``livedeid demo | run | process | monitor | doctor | export``.
+
+User errors (bad path, no camera, bad config, missing device) print one line
+``livedeid: error: ...`` and exit with status 2; nothing partial is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+# MediaPipe/TFLite print C++ log lines on start-up; users only need ours.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from . import __version__  # noqa: E402
+from .errors import UserError  # noqa: E402
+
+log = logging.getLogger("livedeid")
+
+
+# -- shared options ------------------------------------------------------------------------
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    from .composite import FAIL_CLOSED_POLICIES
+    from .engines import ENGINE_NAMES
+
+    p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
+                   help="inference backend (default: auto = TensorRT > torch CUDA > ONNX Runtime)")
+    p.add_argument("--model", type=Path, default=None, metavar="MANIFEST",
+                   help="model manifest JSON (default: the shipped engines/deid.json)")
+    p.add_argument("--fail-closed", choices=FAIL_CLOSED_POLICIES, default="blur",
+                   help="what to show for a face that is lost or uncertain (default: blur)")
+    p.add_argument("--max-faces", type=int, default=4, help="faces tracked and protected, 1..4 (default 4)")
+    p.add_argument("--hr-method", choices=("pos", "chrom", "green"), default="pos",
+                   help="rPPG method for the heart rate (default: pos)")
+    p.add_argument("--hr-overlay", action="store_true", help="burn the live heart rate into the output")
+
+
+def _config(args) -> "PipelineConfig":
+    from .pipeline import PipelineConfig
+
+    return PipelineConfig(engine=args.engine, manifest=args.model, fail_closed=args.fail_closed,
+                          max_faces=args.max_faces, hr_method=args.hr_method, hr_overlay=args.hr_overlay)
+
+
+def _processor(args):
+    from .pipeline import FrameProcessor
+
+    proc = FrameProcessor(_config(args))
+    print(f"engine: {proc.engine.describe()} [{proc.engine_reason}]", file=sys.stderr)
+    for why in proc.engine_skipped:
+        print(f"  skipped {why}", file=sys.stderr)
+    if proc.warning:
+        print(f"WARNING: {proc.warning}", file=sys.stderr)
+    return proc
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check_output_path(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output folder is not writable: {parent}")
+    if path.is_dir():
+        raise UserError(f"output path is a folder: {path}")
+
+
+# -- commands ----------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .pipeline import Pipeline, TraceRecorder
+    from .sinks import FileSink
+    from .synth import SyntheticPulseSource
+
+    _check_output_path(args.out)
+    if args.report:
+        _check_output_path(args.report)
+    source = SyntheticPulseSource(hr_bpm=args.hr, duration_s=args.seconds, fps=30.0, size=(args.width, args.height),
+                                  seed=args.seed)
+    print(f"demo: built-in clip (scikit-image astronaut photo animated with head motion, light flicker, "
+          f"sensor noise and a {args.hr:.0f} bpm pulse), {args.seconds:.0f} s at {args.width}x{args.height}",
+          file=sys.stderr)
+    proc = _processor(args)
+    sink = FileSink(args.out, *source.size, rate=source.fps)
+    recorder = TraceRecorder()
+    result = _run_with_progress(Pipeline(source, proc, [sink], [recorder]), source.frame_count, args.quiet)
+    hrs = recorder.heart_rates(args.hr_method)
+    report = {
+        "output": str(args.out), "true_hr_bpm": args.hr, "input_hr": hrs["input"], "output_hr": hrs["output"],
+        "engine": result.engine, "model_trained": proc.spec.trained, "stats": result.stats,
+    }
+    fmt = lambda r: f"{r['bpm']:.1f} bpm (SNR {r['snr_db']:.1f} dB, {r['quality']})" if r else "no reading"  # noqa: E731
+    print(f"true HR:   {args.hr:.1f} bpm")
+    print(f"input HR:  {fmt(hrs['input'])}")
+    print(f"output HR: {fmt(hrs['output'])}")
+    _print_stats(result)
+    if proc.warning:
+        print(f"WARNING: {proc.warning}")
+    print(f"wrote {args.out}")
+    if args.report:
+        _write_json(args.report, report)
+        print(f"wrote {args.report}")
+    return 0
+
+
+def cmd_process(args) -> int:
+    from .capture import FileSource
+    from .pipeline import Pipeline, TraceRecorder
+    from .sinks import FileSink
+
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise UserError("output must differ from input")
+    _check_output_path(args.output)
+    if args.report:
+        _check_output_path(args.report)
+    source = FileSource(args.input)
+    proc = _processor(args)
+    try:
+        sink = FileSink(args.output, *source.size, rate=source.rate, codec=args.codec,
+                        audio_from=None if args.no_audio or not source.has_audio else args.input)
+    except BaseException:
+        source.close()
+        raise
+    recorder = TraceRecorder() if args.report else None
+    pipeline = Pipeline(source, proc, [sink], [recorder] if recorder else [])
+    result = _run_with_progress(pipeline, source.frame_count, args.quiet)
+    _print_stats(result)
+    if args.report:
+        readings = [{"t": round(r.timestamp, 3), "bpm": None if r.bpm is None else round(r.bpm, 2),
+                     "snr_db": round(r.snr_db, 2), "quality": r.quality} for r in result.hr_readings]
+        hrs = recorder.heart_rates(args.hr_method)
+        _write_json(args.report, {"input": str(args.input), "output": str(args.output),
+                                  "frames": result.frames_out, "clip_hr": hrs, "live_hr": readings,
+                                  "engine": result.engine, "stats": result.stats})
+    print(f"wrote {args.output} ({result.frames_out} frames)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .capture import open_source
+    from .pipeline import Pipeline
+    from .sinks import FileSink, VirtualCameraSink
+
+    source = open_source(args.camera, width=args.width, height=args.height, fps=args.fps, live=True)
+    sinks = []
+    try:
+        if not args.no_virtual_camera:
+            sinks.append(VirtualCameraSink(*source.size, fps=source.fps, backend=args.backend, device=args.device))
+            print(f"sending to {sinks[-1].description}", file=sys.stderr)
+        if args.record:
+            _check_output_path(args.record)
+            sinks.append(FileSink(args.record, *source.size, rate=source.fps))
+        proc = _processor(args)
+    except BaseException:
+        for s in sinks:
+            s.abort()
+        source.close()
+        raise
+    listeners = []
+    if args.preview:
+        listeners.append(_preview_listener())
+    pipeline = Pipeline(source, proc, sinks, listeners)
+    last = [time.monotonic()]
+
+    def status(frame, processor):
+        if time.monotonic() - last[0] >= 1.0:
+            last[0] = time.monotonic()
+            r = processor.hr.reading
+            hr = f"{r.bpm:.0f} bpm ({r.quality})" if r and r.bpm else "HR --"
+            print(f"\r{pipeline.stats.fps:5.1f} fps  faces {len(frame.faces)}  {hr}   ", end="", file=sys.stderr)
+
+    pipeline.listeners.append(status)
+    if args.duration:
+        import threading
+
+        threading.Timer(args.duration, pipeline.stop).start()
+    print(f"running on {source.description}; Ctrl+C to stop", file=sys.stderr)
+    try:
+        result = pipeline.run()
+    except KeyboardInterrupt:
+        pipeline.stop()
+        raise
+    print(file=sys.stderr)
+    _print_stats(result)
+    return 0
+
+
+def _preview_listener():
+    import cv2
+
+    def show(frame, processor):
+        cv2.imshow("livedeid (protected output)", frame.output)
+        cv2.waitKey(1)
+
+    return show
+
+
+def cmd_monitor(args) -> int:
+    from .capture import open_source
+    from .rppg import StreamingHR, mean_skin_rgb, trace_to_hr
+    from .track import FaceTracker
+
+    import numpy as np
+
+    source = open_source(args.source, live=False)
+    hr = StreamingHR(method=args.hr_method, window_s=args.window)
+    ts, rgbs, readings = [], [], []
+    last_t = None
+    with source, FaceTracker(max_faces=1) as tracker:
+        for frame in source:
+            faces = [f for f in tracker.update(frame.image, frame.timestamp) if not f.is_lost]
+            rgb = mean_skin_rgb(frame.image, faces[0].landmarks) if faces else None
+            reading = hr.push(frame.timestamp, rgb)
+            ts.append(frame.timestamp)
+            rgbs.append(rgb if rgb is not None else np.full(3, np.nan))
+            if reading is not None and reading.timestamp != last_t:
+                last_t = reading.timestamp
+                readings.append(reading)
+                if not args.quiet:
+                    shown = f"{reading.bpm:6.1f} bpm" if reading.bpm is not None else "  -- no reading"
+                    print(f"t={reading.timestamp:7.2f}s  {shown}  SNR {reading.snr_db:5.1f} dB  {reading.quality}")
+            if args.seconds and frame.timestamp - ts[0] >= args.seconds:
+                break
+    if not ts:
+        raise UserError(f"no frames in {args.source}")
+    try:
+        clip, _ = trace_to_hr(np.array(ts), np.array(rgbs), args.hr_method)
+    except ValueError:
+        raise UserError(f"no face found in {args.source}") from None
+    print(f"clip HR: {clip.bpm:.1f} bpm (SNR {clip.snr_db:.1f} dB, {clip.quality}) over {len(ts)} frames")
+    if args.json:
+        _check_output_path(args.json)
+        _write_json(args.json, {
+            "source": args.source, "frames": len(ts), "method": args.hr_method,
+            "clip_hr": {"bpm": round(clip.bpm, 2), "snr_db": round(clip.snr_db, 2), "quality": clip.quality},
+            "live_hr": [{"t": round(r.timestamp, 3), "bpm": None if r.bpm is None else round(r.bpm, 2),
+                         "snr_db": round(r.snr_db, 2), "quality": r.quality} for r in readings],
+        })
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import run_checks
+
+    checks = run_checks(probe_cameras=not args.no_cameras, virtual_camera_backend=args.backend)
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = {"ok": "ok  ", "missing": "MISS", "warn": "warn"}[c.status]
+        print(f"[{mark}] {c.name:<{width}}  {c.detail}")
+        if c.status != "ok" and c.fix:
+            print(f"       {'':<{width}}  fix: {c.fix}")
+    essential_missing = [c for c in checks if c.essential and c.status == "missing"]
+    return 1 if essential_missing else 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_model
+
+    for line in export_model(weights=args.weights, out_dir=args.out_dir, name=args.name, seed=args.seed,
+                             trained=args.trained, fp16=args.fp16, tensorrt=args.tensorrt, notes=args.notes):
+        print(line)
+    return 0
+
+
+def _run_with_progress(pipeline, total: int | None, quiet: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="frame", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    pipeline.listeners.append(lambda frame, proc: bar.update(1))
+    try:
+        return pipeline.run()
+    finally:
+        bar.close()
+
+
+def _print_stats(result) -> None:
+    s = result.stats
+    print(f"engine: {result.engine}")
+    print(f"frames: {result.frames_out} out of {result.frames_in} in, dropped {s['dropped']}, "
+          f"{s['fps']:.1f} fps end to end, {s['hidden_face_frames']} face-frames hidden (fail-closed)")
+    print(f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8} {'fps@p50':>8}")
+    for stage, v in s["latency_ms"].items():
+        fps = 1000.0 / v["p50"] if v["p50"] > 0 else float("inf")
+        print(f"{stage:<10} {v['p50']:8.2f} {v['p95']:8.2f} {fps:8.0f}")
+    for e in result.events:
+        print(f"event: {e}")
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livedeid", description=(
+        "Real-time face de-identification that keeps the pulse: protected video for face "
+        "recognition machines, live heart rate for the clinician."))
+    p.add_argument("--version", action="version", version=f"livedeid {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="camera-free demo: built-in pulse clip -> de-identified video + HR report",
+                       description="Runs the full pipeline on a built-in synthetic clip (a real face photo "
+                                   "shipped by scikit-image, animated, with a known pulse) and prints input, "
+                                   "output and true heart rate and per-stage speed.")
+    d.add_argument("--out", type=Path, default=Path("demo_deid.mp4"), help="output video (default demo_deid.mp4)")
+    d.add_argument("--report", type=Path, default=None, help="write the HR/speed report as JSON")
+    d.add_argument("--hr", type=float, default=72.0, help="true heart rate of the built-in clip (bpm)")
+    d.add_argument("--seconds", type=float, default=20.0, help="clip length (default 20 s)")
+    d.add_argument("--width", type=int, default=1280)
+    d.add_argument("--height", type=int, default=720)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_pipeline_options(d)
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="camera -> filter -> virtual camera (for Zoom/Teams/Meet)",
+                       description="Live: reads a camera, protects every face and sends the result to a "
+                                   "virtual camera that video-call apps can select.")
+    r.add_argument("--camera", default="0", help="camera index, stream URL, video file (played live, looped) "
+                                                 "or synthetic[:HR] (default 0)")
+    r.add_argument("--width", type=int, default=1280)
+    r.add_argument("--height", type=int, default=720)
+    r.add_argument("--fps", type=float, default=30.0)
+    r.add_argument("--no-virtual-camera", action="store_true", help="do not send to a virtual camera")
+    r.add_argument("--backend", default=None, help="pyvirtualcam backend (default: the OS's)")
+    r.add_argument("--device", default=None, help="virtual camera device, e.g. /dev/video10")
+    r.add_argument("--preview", action="store_true", help="show the protected output in a window")
+    r.add_argument("--record", type=Path, default=None, help="also record the protected output to a file")
+    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    _add_pipeline_options(r)
+    r.set_defaults(func=cmd_run)
+
+    pr = sub.add_parser("process", help="de-identify a video file, frame-exact (audio kept)",
+                        description="File -> file: same frame count, frame rate and size; the audio track "
+                                    "is copied. The output appears only when complete.")
+    pr.add_argument("input", help="input video")
+    pr.add_argument("output", type=Path, help="output video (.mp4, .mkv, .mov)")
+    pr.add_argument("--codec", choices=("h264", "lossless", "ffv1"), default="h264",
+                    help="h264 (CRF 17, default), lossless (x264 RGB QP 0) or ffv1 (use .mkv)")
+    pr.add_argument("--no-audio", action="store_true", help="drop the audio track")
+    pr.add_argument("--report", type=Path, default=None, help="write an HR report (JSON) of the output")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_pipeline_options(pr)
+    pr.set_defaults(func=cmd_process)
+
+    m = sub.add_parser("monitor", help="heart rate only, from a video file or camera (clinician's side)",
+                       description="Tracks the face in SOURCE and prints the live rPPG heart rate "
+                                   "with its quality, then the whole-clip heart rate.")
+    m.add_argument("source", help="video file, camera index, or synthetic[:HR]")
+    m.add_argument("--hr-method", choices=("pos", "chrom", "green"), default="pos")
+    m.add_argument("--window", type=float, default=10.0, help="analysis window in seconds (default 10)")
+    m.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    m.add_argument("--json", type=Path, default=None, help="write readings as JSON")
+    m.add_argument("-q", "--quiet", action="store_true", help="only the clip result")
+    m.set_defaults(func=cmd_monitor)
+
+    dr = sub.add_parser("doctor", help="what is available here (cameras, virtual camera, engines, models)")
+    dr.add_argument("--no-cameras", action="store_true", help="skip probing cameras")
+    dr.add_argument("--backend", default=None, help="pyvirtualcam backend to check")
+    dr.set_defaults(func=cmd_doctor)
+
+    e = sub.add_parser("export", help="write the model's ONNX (+FP16, +TensorRT plan) and manifest into engines/")
+    e.add_argument("--weights", type=Path, default=None, help="torch state dict (default: seeded untrained model)")
+    e.add_argument("--trained", action="store_true", help="mark the weights as trained in the manifest")
+    e.add_argument("--out-dir", type=Path, default=None, help="default: the package's engines/")
+    e.add_argument("--name", default="deid")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--fp16", action="store_true", help="also write the FP16 ONNX for TensorRT")
+    e.add_argument("--tensorrt", action="store_true", help="also build the TensorRT plan (needs TensorRT + GPU)")
+    e.add_argument("--notes", default="", help="free text stored in the manifest")
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="livedeid: %(levelname)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"livedeid: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("livedeid: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,65 @@
+"""Typed records passed between pipeline stages.
+
+A :class:`Frame` is created by capture and travels one way through
+track -> window -> engine -> composite -> sinks; each stage fills in what it owns.
+Images are ``uint8`` BGR ``(H, W, 3)`` arrays, OpenCV's native order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FaceTrack:
+    """One tracked face in one frame.
+
+    ``landmarks`` are MediaPipe face-mesh points in pixel coordinates of the full
+    frame, shape ``(478, 2)`` float32 (temporally smoothed).
+    ``to_crop`` is the 2x3 similarity transform mapping frame pixels to the
+    aligned model crop; ``from_crop`` is its exact inverse.
+    ``confidence`` in [0, 1] is the tracker's belief that the landmarks fit a face;
+    ``lost_frames`` counts consecutive frames without a fresh detection (0 = seen now).
+    """
+
+    track_id: int
+    landmarks: np.ndarray
+    to_crop: np.ndarray
+    from_crop: np.ndarray
+    confidence: float
+    lost_frames: int = 0
+    crop: np.ndarray | None = None        # aligned crop, float32 (3, S, S) RGB in [0, 1]
+    protected: np.ndarray | None = None   # engine output, same layout as ``crop``
+
+    @property
+    def is_lost(self) -> bool:
+        return self.lost_frames > 0
+
+    def bbox(self) -> tuple[int, int, int, int]:
+        """Integer (x0, y0, x1, y1) box around the landmarks."""
+        x0, y0 = np.floor(self.landmarks.min(axis=0)).astype(int)
+        x1, y1 = np.ceil(self.landmarks.max(axis=0)).astype(int)
+        return int(x0), int(y0), int(x1), int(y1)
+
+
+@dataclass
+class Frame:
+    """A video frame and everything the stages learned about it."""
+
+    image: np.ndarray                 # uint8 BGR (H, W, 3), as captured
+    index: int                        # 0-based frame number in the source
+    timestamp: float                  # seconds; monotonic clock for live sources, pts for files
+    faces: list[FaceTrack] = field(default_factory=list)
+    output: np.ndarray | None = None  # composited frame that sinks receive
+    protected: bool = True            # False only when the user switched protection off
+    fail_closed_regions: int = 0      # faces hidden by the fail-closed policy in this frame
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])

@@ -1,0 +1,398 @@
+"""The pipeline: capture -> track -> window -> engine -> composite -> sinks, rPPG on the output.
+
+:class:`FrameProcessor` is the single-threaded heart (one frame in, one composited frame
+out) and is what tests drive directly. :class:`Pipeline` wires it into threads: a capture
+thread, the processing thread (the caller's or its own) and a sink thread, joined by
+bounded queues. Live sources drop the oldest frame when processing lags; files never drop
+and keep their order.
+
+Fail-closed policy: a face that is lost or whose landmarks are implausible is hidden
+(``blur``/``mask``) or the last fully protected frame is repeated (``hold``); if the
+engine fails it falls back to ONNX Runtime on the CPU, and if that fails too every face
+is hidden. Raw face pixels never reach a sink while protection is on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .capture import CaptureThread, Source
+from .composite import FAIL_CLOSED_POLICIES, apply_protection, draw_hr_overlay, hidden_box, hide_region
+from .engines import Engine, create_engine, fallback_engine
+from .errors import UserError
+from .frames import FaceTrack, Frame
+from .model import ModelSpec, load_spec, untrained_warning
+from .rppg import StreamingHR, mean_skin_rgb
+from .sinks import Sink
+from .track import FaceTracker
+from .window import FaceWindows
+
+log = logging.getLogger(__name__)
+
+STAGES = ("track", "window", "engine", "composite", "rppg")
+
+
+@dataclass
+class PipelineConfig:
+    engine: str = "auto"
+    manifest: Path | None = None
+    max_faces: int = 4
+    fail_closed: str = "blur"
+    min_confidence: float = 0.5
+    protect: bool = True
+    hr_method: str = "pos"
+    hr_window_s: float = 10.0
+    hr_overlay: bool = False
+    detect_long_side: int = 640
+
+    def validate(self) -> None:
+        if self.fail_closed not in FAIL_CLOSED_POLICIES:
+            raise UserError(f"fail-closed policy must be one of {', '.join(FAIL_CLOSED_POLICIES)}")
+        if not 1 <= self.max_faces <= 4:
+            raise UserError("max faces must be between 1 and 4")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise UserError("min confidence must be within [0, 1]")
+        if self.hr_method not in ("pos", "chrom", "green"):
+            raise UserError("heart-rate method must be pos, chrom or green")
+        if not 4.0 <= self.hr_window_s <= 60.0:
+            raise UserError("heart-rate window must be 4..60 s")
+
+
+class StageStats:
+    """Per-stage latency samples (ms), frame rate and drop counts; cheap enough for every frame."""
+
+    def __init__(self, keep: int = 2000):
+        self.samples: dict[str, deque] = {s: deque(maxlen=keep) for s in (*STAGES, "total")}
+        self.frames = 0
+        self.dropped = 0
+        self.hidden_faces = 0
+        self._t0: float | None = None
+        self._t_last: float | None = None
+        self._lock = threading.Lock()
+
+    def record(self, frame: Frame) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            if self._t0 is None:
+                self._t0 = now
+            self._t_last = now
+            self.frames += 1
+            self.hidden_faces += frame.fail_closed_regions
+            for stage, ms in frame.stage_ms.items():
+                self.samples.setdefault(stage, deque(maxlen=2000)).append(ms)
+
+    @property
+    def fps(self) -> float:
+        with self._lock:
+            if self._t0 is None or self._t_last is None or self.frames < 2 or self._t_last <= self._t0:
+                return 0.0
+            return (self.frames - 1) / (self._t_last - self._t0)
+
+    def percentiles(self) -> dict[str, tuple[float, float]]:
+        with self._lock:
+            return {s: (float(np.percentile(v, 50)), float(np.percentile(v, 95)))
+                    for s, v in self.samples.items() if v}
+
+    def summary(self) -> dict:
+        return {
+            "frames": self.frames, "dropped": self.dropped, "fps": round(self.fps, 2),
+            "hidden_face_frames": self.hidden_faces,
+            "latency_ms": {s: {"p50": round(a, 2), "p95": round(b, 2)} for s, (a, b) in self.percentiles().items()},
+        }
+
+    def table(self) -> str:
+        rows = [f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8}"]
+        for s, (p50, p95) in self.percentiles().items():
+            rows.append(f"{s:<10} {p50:8.2f} {p95:8.2f}")
+        rows.append(f"fps {self.fps:.1f}, frames {self.frames}, dropped {self.dropped}, "
+                    f"face-frames hidden by fail-closed policy {self.hidden_faces}")
+        return "\n".join(rows)
+
+
+class FrameProcessor:
+    """One frame in, one composited frame out. Owns the tracker, windows, engine and HR."""
+
+    def __init__(self, config: PipelineConfig | None = None, spec: ModelSpec | None = None,
+                 engine: Engine | None = None):
+        self.config = config or PipelineConfig()
+        self.config.validate()
+        self.spec = spec or load_spec(self.config.manifest)
+        if engine is None:
+            choice = create_engine(self.config.engine, self.spec)
+            engine, self.engine_reason, self.engine_skipped = choice.engine, choice.reason, choice.fallbacks
+        else:
+            self.engine_reason, self.engine_skipped = "given", []
+        self.engine = engine
+        self.warning = untrained_warning(self.spec)
+        self.tracker = FaceTracker(max_faces=self.config.max_faces, crop_size=self.spec.crop_size,
+                                   detect_long_side=self.config.detect_long_side)
+        self.windows = FaceWindows(self.spec.window, self.spec.crop_size)
+        self.hr = StreamingHR(method=self.config.hr_method, window_s=self.config.hr_window_s)
+        self.events: deque[str] = deque(maxlen=100)
+        self._hr_track: int | None = None
+        self._last_good: np.ndarray | None = None
+
+    def close(self) -> None:
+        self.tracker.close()
+
+    # -- stages ------------------------------------------------------------------------
+    def process(self, frame: Frame) -> Frame:
+        cfg = self.config
+        t = time.perf_counter()
+        frame.faces = self.tracker.update(frame.image, frame.timestamp)
+        t = self._lap(frame, "track", t)
+
+        trusted = [f for f in frame.faces if not f.is_lost and f.confidence >= cfg.min_confidence]
+        hidden = [f for f in frame.faces if f not in trusted]
+        windows = [self.windows.push(frame.image, f) for f in trusted]
+        for f in hidden:
+            self.windows.reset(f.track_id)  # a face coming back starts a fresh window
+        self.windows.retain({f.track_id for f in frame.faces})
+        t = self._lap(frame, "window", t)
+
+        if cfg.protect and trusted:
+            protected = self._run_engine(np.stack(windows))
+            if protected is None:  # every engine failed: fail closed on all faces
+                hidden, trusted = frame.faces, []
+            else:
+                for f, p in zip(trusted, protected):
+                    f.protected = p
+        t = self._lap(frame, "engine", t)
+
+        out = frame.image.copy()
+        frame.protected = cfg.protect
+        if cfg.protect:
+            for f in trusted:
+                apply_protection(out, f)
+            frame.fail_closed_regions = len(hidden)
+            if hidden:
+                if cfg.fail_closed == "hold" and self._last_good is not None and self._last_good.shape == out.shape:
+                    out = self._last_good.copy()
+                else:
+                    for f in hidden:
+                        box = hidden_box(f, out.shape[:2])
+                        if box is not None:
+                            hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)
+            else:
+                self._last_good = out
+        frame.output = out
+        t = self._lap(frame, "composite", t)
+
+        self._update_hr(frame, trusted)
+        if cfg.hr_overlay:
+            reading = self.hr.reading
+            draw_hr_overlay(out, reading.bpm if reading else None, reading.quality if reading else "poor")
+        self._lap(frame, "rppg", t)
+        frame.stage_ms["total"] = sum(frame.stage_ms[s] for s in STAGES)
+        return frame
+
+    def _run_engine(self, windows: np.ndarray) -> np.ndarray | None:
+        try:
+            return self.engine(windows)
+        except UserError:
+            raise
+        except Exception as exc:  # CUDA errors, TensorRT failures, ORT runtime errors
+            msg = f"engine {self.engine.describe()} failed ({type(exc).__name__}: {exc}); falling back"
+            log.warning(msg)
+            self.events.append(msg)
+        try:
+            choice = fallback_engine(self.engine, self.spec)
+            self.engine, self.engine_reason = choice.engine, choice.reason
+            return self.engine(windows)
+        except Exception as exc:
+            msg = f"fallback engine failed too ({exc}); hiding all faces"
+            log.error(msg)
+            self.events.append(msg)
+            return None
+
+    def _update_hr(self, frame: Frame, trusted: list[FaceTrack]) -> None:
+        """Heart rate from the OUTPUT frame (what the far end receives), on one face: the
+        one already followed, else the largest."""
+        face = next((f for f in trusted if f.track_id == self._hr_track), None)
+        if face is None and trusted:
+            face = max(trusted, key=lambda f: np.ptp(f.landmarks[:, 0]) * np.ptp(f.landmarks[:, 1]))
+            if self._hr_track is not None:
+                self.hr.reset()  # a different person: their pulse is a new signal
+            self._hr_track = face.track_id
+        rgb = mean_skin_rgb(frame.output, face.landmarks) if face is not None else None
+        self.hr.push(frame.timestamp, rgb)
+
+    @staticmethod
+    def _lap(frame: Frame, stage: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        frame.stage_ms[stage] = (t1 - t0) * 1000.0
+        return t1
+
+
+FrameListener = Callable[[Frame, FrameProcessor], None]
+
+
+@dataclass
+class RunResult:
+    frames_in: int
+    frames_out: int
+    stats: dict
+    hr_readings: list = field(default_factory=list)
+    engine: str = ""
+    events: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    """Threads around a :class:`FrameProcessor`: capture -> process -> sinks.
+
+    ``run()`` blocks until the source ends or ``stop()`` is called (from any thread).
+    Listeners are called on the processing thread with each finished frame; the UI must
+    hand them over to its own thread and drop what it cannot draw.
+    """
+
+    def __init__(self, source: Source, processor: FrameProcessor, sinks: list[Sink],
+                 listeners: list[FrameListener] | None = None, queue_size: int = 4):
+        self.source = source
+        self.processor = processor
+        self.sinks = sinks
+        self.listeners = list(listeners or [])
+        self.stats = StageStats()
+        self.hr_readings: list = []
+        self._capture = CaptureThread(source, maxsize=queue_size)
+        self._out: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._sink_error: BaseException | None = None
+        self._sink_thread = threading.Thread(target=self._sink_loop, name="livedeid-sinks", daemon=True)
+        self._frames_in = 0
+        self._frames_out = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._capture.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._capture.is_alive() and not self._stop.is_set()
+
+    def run(self) -> RunResult:
+        self._capture.start()
+        self._sink_thread.start()
+        last_hr_t = -math.inf
+        ok = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    frame = self._capture.frames.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if frame is None:
+                    if self._capture.error is not None:
+                        raise self._capture.error
+                    break
+                self._frames_in += 1
+                self.processor.process(frame)
+                self.stats.dropped = self._capture.dropped
+                self.stats.record(frame)
+                reading = self.processor.hr.reading
+                if reading is not None and reading.timestamp != last_hr_t:
+                    last_hr_t = reading.timestamp
+                    self.hr_readings.append(reading)
+                self._put_output(frame)
+                for listener in self.listeners:
+                    listener(frame, self.processor)
+                if self._sink_error is not None:
+                    raise self._sink_error
+            ok = True
+        finally:
+            self._capture.stop()
+            self._out.put(None)
+            self._sink_thread.join()
+            self._capture.join(timeout=2.0)
+            self.source.close()
+            self.processor.close()
+            self._close_sinks(ok and self._sink_error is None)
+        if self._sink_error is not None:
+            raise self._sink_error
+        return RunResult(self._frames_in, self._frames_out, self.stats.summary(), self.hr_readings,
+                         self.processor.engine.describe(), list(self.processor.events))
+
+    def _put_output(self, frame: Frame) -> None:
+        if self.source.is_live:
+            while True:
+                try:
+                    self._out.put_nowait(frame)
+                    return
+                except queue.Full:
+                    try:
+                        self._out.get_nowait()
+                        self.stats.dropped += 1
+                    except queue.Empty:
+                        pass
+        while self._sink_error is None:
+            try:
+                self._out.put(frame, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _sink_loop(self) -> None:
+        while True:
+            frame = self._out.get()
+            if frame is None:
+                return
+            if self._sink_error is not None:
+                continue  # drain so the producer never blocks
+            try:
+                for sink in self.sinks:
+                    sink.send(frame.output)
+                self._frames_out += 1
+            except BaseException as exc:
+                self._sink_error = exc
+
+    def _close_sinks(self, success: bool) -> None:
+        errors = []
+        for sink in self.sinks:
+            try:
+                sink.close() if success else sink.abort()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors and success:
+            raise errors[0]
+
+
+class TraceRecorder:
+    """Listener that keeps the per-frame skin colour of the primary face in the input and
+    in the output, for whole-clip heart-rate reports (input HR vs output HR)."""
+
+    def __init__(self):
+        self.t: list[float] = []
+        self.rgb_in: list[np.ndarray] = []
+        self.rgb_out: list[np.ndarray] = []
+
+    def __call__(self, frame: Frame, processor: FrameProcessor) -> None:
+        seen = [f for f in frame.faces if not f.is_lost]
+        self.t.append(frame.timestamp)
+        if seen and frame.output is not None:
+            lm = max(seen, key=lambda f: np.ptp(f.landmarks[:, 0]) * np.ptp(f.landmarks[:, 1])).landmarks
+            self.rgb_in.append(mean_skin_rgb(frame.image, lm))
+            self.rgb_out.append(mean_skin_rgb(frame.output, lm))
+        else:
+            self.rgb_in.append(np.full(3, np.nan))
+            self.rgb_out.append(np.full(3, np.nan))
+
+    def heart_rates(self, method: str = "pos") -> dict:
+        """Whole-clip HR of input and output (None where too few frames had a face)."""
+        from .rppg import trace_to_hr
+
+        result = {}
+        for name, rgb in (("input", self.rgb_in), ("output", self.rgb_out)):
+            try:
+                hr, _ = trace_to_hr(np.array(self.t), np.array(rgb), method)
+                result[name] = {"bpm": round(hr.bpm, 2), "snr_db": round(hr.snr_db, 2), "quality": hr.quality}
+            except ValueError:
+                result[name] = None
+        return result

@@ -1,0 +1,228 @@
+"""Face tracking: MediaPipe face mesh -> smoothed landmarks -> aligned-crop transforms.
+
+The tracker owns identity over time (which face is which), temporal smoothing
+(One-Euro filter, so slow motion is steady and fast motion is not lagged), and the
+similarity transform from the frame to the model's aligned crop plus its exact inverse.
+Faces that stop being detected are kept as *lost* tracks (``lost_frames > 0``) so the
+composite stage can keep their last region hidden: privacy fails closed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .frames import FaceTrack
+from .model import crop_template, five_points
+
+N_LANDMARKS = 478
+
+
+class OneEuroFilter:
+    """Casiez et al.'s One-Euro filter on an array signal (speed-adaptive low-pass).
+
+    ``min_cutoff`` (Hz) sets the jitter removal at rest, ``beta`` how fast the cutoff
+    rises with speed. Speeds are measured in units of ``scale`` per second so that one
+    setting works for faces of any size.
+    """
+
+    def __init__(self, min_cutoff: float = 1.5, beta: float = 0.05, d_cutoff: float = 1.0):
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self._x: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
+        self._t: float | None = None
+
+    @staticmethod
+    def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
+        tau = 1.0 / (2.0 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def __call__(self, x: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
+        if self._x is None or self._t is None or t <= self._t:
+            self._x, self._dx, self._t = x.copy(), np.zeros_like(x), t
+            return x
+        dt = t - self._t
+        dx = (x - self._x) / dt / max(scale, 1e-6)
+        a_d = self._alpha(self.d_cutoff, dt)
+        self._dx = a_d * dx + (1 - a_d) * self._dx
+        speed = np.linalg.norm(self._dx, axis=-1, keepdims=True)
+        a = self._alpha(self.min_cutoff + self.beta * speed, dt)
+        self._x = a * x + (1 - a) * self._x
+        self._t = t
+        return self._x
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` to
+    ``dst`` points, as a 2x3 matrix (Umeyama's closed form via OpenCV's estimator)."""
+    m, _ = cv2.estimateAffinePartial2D(
+        src.astype(np.float32), dst.astype(np.float32), method=cv2.LMEDS
+    )
+    if m is None:  # degenerate points (all equal): identity keeps things defined
+        m = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    return m.astype(np.float64)
+
+
+def alignment(landmarks: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(to_crop, from_crop, fit_error) for one face.
+
+    ``fit_error`` is the RMS distance between the face's five points mapped into the crop
+    and the template, relative to the template's inter-ocular distance: small for a
+    frontal face, large for profiles or implausible landmarks.
+    """
+    template = crop_template(crop_size)
+    pts = five_points(landmarks)
+    to_crop = similarity_transform(pts, template)
+    from_crop = cv2.invertAffineTransform(to_crop)
+    mapped = pts @ to_crop[:, :2].T + to_crop[:, 2]
+    iod = float(np.linalg.norm(template[1] - template[0]))
+    fit_error = float(np.sqrt(((mapped - template) ** 2).sum(axis=1).mean()) / iod)
+    return to_crop, from_crop, fit_error
+
+
+@dataclass
+class _Track:
+    track_id: int
+    smoother: OneEuroFilter
+    landmarks: np.ndarray
+    confidence: float
+    lost_frames: int = 0
+
+
+class FaceTracker:
+    """MediaPipe face mesh (refined, 478 landmarks) over a video, with stable track ids.
+
+    ``update(image_bgr, timestamp)`` returns one :class:`FaceTrack` per tracked face,
+    including lost ones (``lost_frames > 0``, landmarks frozen at the last sighting).
+    A lost track is only dropped when a new detection takes it over or after
+    ``forget_after_s`` seconds (default: never) — until then its region stays hidden.
+    """
+
+    def __init__(
+        self,
+        max_faces: int = 4,
+        crop_size: int = 128,
+        detect_long_side: int = 640,
+        min_detection_confidence: float = 0.5,
+        min_tracking_confidence: float = 0.5,
+        smoothing: bool = True,
+        forget_after_s: float = math.inf,
+        static_images: bool = False,
+    ):
+        import mediapipe as mp  # heavy import, only when a tracker is built
+
+        self.crop_size = crop_size
+        self.detect_long_side = detect_long_side
+        self.smoothing = smoothing
+        self.forget_after_s = forget_after_s
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=static_images,
+            max_num_faces=max_faces,
+            refine_landmarks=True,
+            min_detection_confidence=min_detection_confidence,
+            min_tracking_confidence=min_tracking_confidence,
+        )
+        self._tracks: list[_Track] = []
+        self._lost_since: dict[int, float] = {}
+        self._next_id = 0
+        self._last_t: float | None = None
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def detect(self, image_bgr: np.ndarray) -> list[np.ndarray]:
+        """Raw MediaPipe landmarks (478, 2) in full-frame pixels for each detected face."""
+        h, w = image_bgr.shape[:2]
+        scale = min(1.0, self.detect_long_side / max(h, w))
+        small = image_bgr if scale == 1.0 else cv2.resize(
+            image_bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+        )
+        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+        rgb.flags.writeable = False
+        result = self._mesh.process(rgb)
+        faces = []
+        for face in result.multi_face_landmarks or []:
+            pts = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32)
+            faces.append(pts * np.array([w, h], dtype=np.float32))
+        return faces
+
+    def update(self, image_bgr: np.ndarray, timestamp: float) -> list[FaceTrack]:
+        if self._last_t is not None and timestamp <= self._last_t:
+            timestamp = self._last_t + 1e-3  # keep time strictly increasing for the filter
+        self._last_t = timestamp
+        detections = self.detect(image_bgr)
+        self._associate(detections, timestamp)
+        return [self._to_face_track(t) for t in self._tracks]
+
+    # -- internals -------------------------------------------------------------------
+    @staticmethod
+    def _size(lm: np.ndarray) -> float:
+        return float(np.linalg.norm(lm.max(axis=0) - lm.min(axis=0))) + 1e-6
+
+    def _associate(self, detections: list[np.ndarray], t: float) -> None:
+        tracks = self._tracks
+        matched_tracks: set[int] = set()
+        matched_dets: set[int] = set()
+        if tracks and detections:
+            cost = np.zeros((len(tracks), len(detections)))
+            for i, tr in enumerate(tracks):
+                c_t = tr.landmarks.mean(axis=0)
+                for j, det in enumerate(detections):
+                    cost[i, j] = np.linalg.norm(det.mean(axis=0) - c_t) / self._size(tr.landmarks)
+            rows, cols = linear_sum_assignment(cost)
+            for i, j in zip(rows, cols):
+                # Active tracks only take a detection that is nearby; a lost track takes
+                # any leftover detection, so a returning face recovers its id instead of
+                # leaving a stale hidden region behind.
+                if tracks[i].lost_frames == 0 and cost[i, j] > 1.0:
+                    continue
+                self._refresh(tracks[i], detections[j], t)
+                matched_tracks.add(i)
+                matched_dets.add(j)
+        for i, tr in enumerate(tracks):
+            if i not in matched_tracks:
+                if tr.lost_frames == 0:
+                    self._lost_since[tr.track_id] = t
+                tr.lost_frames += 1
+        for j, det in enumerate(detections):
+            if j not in matched_dets:
+                tr = _Track(self._next_id, OneEuroFilter(), det, 0.0)
+                self._next_id += 1
+                self._refresh(tr, det, t)
+                tracks.append(tr)
+        self._tracks = [
+            tr for tr in tracks
+            if tr.lost_frames == 0 or t - self._lost_since.get(tr.track_id, t) <= self.forget_after_s
+        ]
+
+    def _refresh(self, tr: _Track, det: np.ndarray, t: float) -> None:
+        if tr.lost_frames > 0:
+            tr.smoother = OneEuroFilter()  # a recovered face may be anywhere: no lag
+            self._lost_since.pop(tr.track_id, None)
+        tr.landmarks = tr.smoother(det, t, self._size(det)) if self.smoothing else det
+        tr.lost_frames = 0
+
+    def _to_face_track(self, tr: _Track) -> FaceTrack:
+        to_crop, from_crop, fit_error = alignment(tr.landmarks, self.crop_size)
+        # Confidence from geometric plausibility: frontal faces fit the template with an
+        # error of ~0.05-0.15 inter-ocular distances; profiles and broken meshes go far
+        # beyond. Lost tracks have no fresh evidence at all.
+        confidence = 0.0 if tr.lost_frames else float(np.clip(1.0 - (fit_error - 0.15) / 0.35, 0.0, 1.0))
+        tr.confidence = confidence
+        return FaceTrack(
+            track_id=tr.track_id,
+            landmarks=tr.landmarks.astype(np.float32),
+            to_crop=to_crop,
+            from_crop=from_crop,
+            confidence=confidence,
+            lost_frames=tr.lost_frames,
+        )
