@@ -166,6 +166,31 @@ class CameraLost(RuntimeError):
     """A live source failed mid-run (unplugged, driver error)."""
 
 
+class SyntheticSource(Source):
+    """The built-in pulse clip (:class:`livedeid.synth.SyntheticPulseSource`) as a source:
+    a real face photo animated with head motion, light flicker, noise and a known pulse."""
+
+    def __init__(self, **kwargs):
+        from .synth import SyntheticPulseSource
+
+        try:
+            self.clip = SyntheticPulseSource(**kwargs)
+        except ValueError as exc:
+            raise UserError(f"synthetic source: {exc}") from None
+        self.fps, self.size, self.frame_count = self.clip.fps, self.clip.size, self.clip.frame_count
+        self.rate = Fraction(self.fps).limit_denominator(1000)
+        self.true_hr = self.clip.mean_true_hr
+        self.description = f"synthetic clip ({self.true_hr:.0f} bpm)"
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        if self._index >= self.frame_count:
+            return None
+        frame = self.clip.frame(self._index)
+        self._index += 1
+        return frame
+
+
 class LiveSimulation(Source):
     """Plays any finite source at its own frame rate with monotonic timestamps, as a camera
     would (used for `run` with a file or the synthetic source). ``loop`` restarts it."""
@@ -207,11 +232,13 @@ def open_source(spec: str, *, width: int | None = None, height: int | None = Non
     if spec.isdigit():
         return CameraSource(int(spec), width, height, fps)
     if spec.startswith("synthetic"):
-        from .synth import SyntheticPulseSource
-
-        hr = float(spec.split(":", 1)[1]) if ":" in spec else 72.0
-        make = lambda: SyntheticPulseSource(hr_bpm=hr, fps=fps or 30.0,  # noqa: E731
-                                            size=(width or 1280, height or 720))
+        try:
+            hr = float(spec.split(":", 1)[1]) if ":" in spec else 72.0
+        except ValueError:
+            raise UserError(f"bad synthetic source '{spec}': use synthetic or synthetic:HR (bpm)") from None
+        make = lambda: SyntheticSource(hr_bpm=hr, fps=fps or 30.0,  # noqa: E731
+                                       size=(width or 1280, height or 720))
+        make()  # validate the settings now, with a clear error
         return LiveSimulation(make, loop=True) if live else make()
     if "://" in spec:
         return CameraSource(spec, width, height, fps)

@@ -83,18 +83,18 @@ def _check_output_path(path: Path) -> None:
 def cmd_demo(args) -> int:
     from .pipeline import Pipeline, TraceRecorder
     from .sinks import FileSink
-    from .synth import SyntheticPulseSource
+    from .capture import SyntheticSource
 
     _check_output_path(args.out)
     if args.report:
         _check_output_path(args.report)
-    source = SyntheticPulseSource(hr_bpm=args.hr, duration_s=args.seconds, fps=30.0, size=(args.width, args.height),
-                                  seed=args.seed)
+    source = SyntheticSource(hr_bpm=args.hr, duration_s=args.seconds, fps=30.0, size=(args.width, args.height),
+                             seed=args.seed)
     print(f"demo: built-in clip (scikit-image astronaut photo animated with head motion, light flicker, "
           f"sensor noise and a {args.hr:.0f} bpm pulse), {args.seconds:.0f} s at {args.width}x{args.height}",
           file=sys.stderr)
     proc = _processor(args)
-    sink = FileSink(args.out, *source.size, rate=source.fps)
+    sink = FileSink(args.out, *source.size, rate=source.rate)
     recorder = TraceRecorder()
     result = _run_with_progress(Pipeline(source, proc, [sink], [recorder]), source.frame_count, args.quiet)
     hrs = recorder.heart_rates(args.hr_method)

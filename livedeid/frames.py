@@ -54,6 +54,7 @@ class Frame:
     output: np.ndarray | None = None  # composited frame that sinks receive
     protected: bool = True            # False only when the user switched protection off
     fail_closed_regions: int = 0      # faces hidden by the fail-closed policy in this frame
+    hidden_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # regions hidden
     stage_ms: dict[str, float] = field(default_factory=dict)
 
     @property

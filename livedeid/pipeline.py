@@ -181,6 +181,7 @@ class FrameProcessor:
                     for f in hidden:
                         box = hidden_box(f, out.shape[:2])
                         if box is not None:
+                            frame.hidden_boxes.append(box)
                             hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)
             else:
                 self._last_good = out

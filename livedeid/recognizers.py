@@ -60,17 +60,22 @@ ARCFACE_112 = np.array(
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 
-# dlib chip <- livedeid crop. dlib aligns on its own landmarks (eye corners and nose base)
-# while livedeid crops are aligned on MediaPipe's eye centres, nose tip and mouth corners,
-# so no exact relation exists between the two; this is the least-squares similarity over
-# the face region of the 61 celebrity photos in ../shared/data (see
-# :func:`fit_crop_to_chip`, which recomputes it and which the tests compare against).
-# In "unit crop" coordinates (crop pixel / crop_size) -> dlib chip pixels (150 chip).
-_DLIB_UNIT_CROP_TO_CHIP = np.array(
-    [[0.0, 0.0, 0.0],
-     [0.0, 0.0, 0.0]],
-    dtype=np.float64,
-)
+# livedeid crop -> recogniser chip, in "unit crop" coordinates (crop pixel / crop_size) ->
+# chip pixels. Each recogniser aligns on its own landmarks (dlib: eye corners and nose base;
+# SFace: YuNet's eyes, nose and mouth corners) while livedeid crops are aligned on
+# MediaPipe's, so no exact relation exists; these are least-squares similarities pooled
+# over the face regions of the 61 celebrity photos in ../shared/data
+# (fit_crop_to_chip(crop_chip_pairs(rec, images, 128), rec.chip_size), which the tests
+# recompute). For SFace the naive map (both crops are ArcFace templates, so the inverse of
+# crop_template's shrink-and-lift) is 3.5 % smaller and ~3 px higher: MediaPipe's eye
+# corners and mouth corners sit wider apart than YuNet's points, and the naive map agrees
+# less well with the evaluator (measured: mean cosine 0.945 vs 0.951).
+_UNIT_CROP_TO_CHIP = {
+    "dlib": np.array([[178.6288, -0.0551, -15.1520],
+                      [0.0551, 178.6288, -17.7651]]),
+    "sface": np.array([[120.1560, 0.1628, -3.9620],
+                       [-0.1628, 120.1560, 10.6888]]),
+}
 
 
 @dataclass
@@ -486,8 +491,25 @@ class Recognizer:
     def crop_to_chip(self, crop_size: int) -> np.ndarray:
         """2x3 affine mapping livedeid crop pixels (crop aligned to ``crop_template(crop_size)``)
         to this recogniser's chip pixels: ``cv2.warpAffine(crop, M, (chip_size, chip_size))``
-        gives the chip (pixel centres at integer coordinates, cv2 convention)."""
-        raise NotImplementedError
+        gives the chip (pixel centres at integer coordinates, cv2 convention). The map is the
+        average relation between livedeid's and the recogniser's alignment (see
+        ``_UNIT_CROP_TO_CHIP``); a chip made this way embeds close to, not exactly as, the
+        evaluator's own chip of the same face."""
+        m = _UNIT_CROP_TO_CHIP[self.name].copy()
+        m[:, :2] /= float(crop_size)
+        return m
+
+    def chip_grid_theta(self, crop_size: int) -> np.ndarray:
+        """The same warp as :meth:`crop_to_chip` as a (2, 3) ``theta`` for
+        ``F.affine_grid(theta, (N, 3, chip, chip), align_corners=False)`` followed by
+        ``F.grid_sample(crop, grid, align_corners=False)`` (normalised coordinates:
+        ``n = (2 * pixel + 1) / size - 1``)."""
+        def to_norm(size):  # pixel -> normalised
+            return np.array([[2.0 / size, 0.0, 1.0 / size - 1.0], [0.0, 2.0 / size, 1.0 / size - 1.0]])
+
+        chip_to_crop = _invert_affine(self.crop_to_chip(crop_size))
+        theta = _compose_affine(to_norm(crop_size), _compose_affine(chip_to_crop, _invert_affine(to_norm(self.chip_size))))
+        return theta.astype(np.float32)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}: {self.metric}, threshold {self.threshold}>"
@@ -496,9 +518,11 @@ class Recognizer:
 class DlibRecognizer(Recognizer):
     """dlib ResNet: HOG detector + 5-point shape predictor + ``get_face_chip(150, 0.25)``.
 
-    Detection runs on a copy no larger than ``max_side`` pixels (upsampled ``upsample``
-    times, as face_recognition does): HOG at full press-photo resolution costs seconds and
-    finds nothing more. Landmarks and chips use the full-resolution image."""
+    HOG detection runs on a copy no larger than ``max_side`` pixels, upsampled ``upsample``
+    times; ``None`` upsamples once (face_recognition's default) only images whose long side
+    is at most 640 (webcam frames, small faces), since HOG's smallest face is 80 px and the
+    upsampled pass on larger photos costs seconds without finding more faces (same 61/61
+    faces and scores on the celebrity set). Landmarks and chips use the full-resolution image."""
 
     name = "dlib"
     metric = "euclidean"
@@ -506,7 +530,7 @@ class DlibRecognizer(Recognizer):
     chip_size = 150
     padding = 0.25
 
-    def __init__(self, upsample: int = 1, max_side: int = 800):
+    def __init__(self, upsample: int | None = None, max_side: int = 800):
         _require("dlib", "install the 'recognizers' extra: pip install dlib-bin face-recognition-models")
         models = _package_dir("face_recognition_models")
         if models is None:
@@ -540,7 +564,8 @@ class DlibRecognizer(Recognizer):
         s = min(1.0, self.max_side / max(h, w))
         small = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) if s < 1 else rgb
         with self._lock:
-            rects = self._detector(small, self.upsample)
+            up = self.upsample if self.upsample is not None else int(max(small.shape[:2]) <= 640)
+            rects = self._detector(small, up)
             shapes = []
             for r in sorted(rects, key=lambda r: -r.area()):
                 rect = dlib.rectangle(int(round(r.left() / s)), int(round(r.top() / s)),
@@ -603,11 +628,6 @@ class DlibRecognizer(Recognizer):
             raise UserError(f"the dlib torch port is unavailable ({exc}); it needs torch "
                             "(pip install '.[train]')") from None
         return load_dlib_resnet().eval()
-
-    def crop_to_chip(self, crop_size: int) -> np.ndarray:
-        m = _DLIB_UNIT_CROP_TO_CHIP.copy()
-        m[:, :2] /= float(crop_size)
-        return m
 
 
 class _YuNet:
@@ -733,45 +753,48 @@ class SFaceRecognizer(Recognizer):
         cls = _make_sface_torch_class()
         return cls(onnx_to_torch(load_onnx(self.sface_path))).eval()
 
-    def crop_to_chip(self, crop_size: int) -> np.ndarray:
-        # Both crops are the ArcFace template: crop = (A - 56) * k + centre, chip = A.
-        template = crop_template(crop_size)
-        k = (template[1, 0] - template[0, 0]) / (ARCFACE_112[1, 0] - ARCFACE_112[0, 0])
-        centre = template - (ARCFACE_112 - 56.0) * k  # identical rows
-        cx, cy = centre.mean(axis=0)
-        return np.array([[1 / k, 0.0, 56.0 - cx / k], [0.0, 1 / k, 56.0 - cy / k]], dtype=np.float64)
-
 
 # --------------------------------------------------------------------------------------
 # calibration of crop_to_chip
 # --------------------------------------------------------------------------------------
 
-def fit_crop_to_chip(recognizer: Recognizer, images_bgr, crop_size: int = 128, grid: int = 9) -> tuple[np.ndarray, int]:
-    """Least-squares similarity livedeid-crop -> recogniser-chip over many faces: for each
-    image, the largest face's chip transform (recogniser's own alignment) and its livedeid
-    crop transform (MediaPipe landmarks, tracker alignment) are composed on a grid of chip points; all grids
-    are pooled into one fit. Returns (2x3 matrix, number of faces used)."""
-    src, dst, used = [], [], 0
-    c = recognizer.chip_size
-    g = np.linspace(0.15 * c, 0.85 * c, grid)
-    chip_pts = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+def crop_chip_pair(image_bgr: np.ndarray, landmarks: np.ndarray | None, faces: list,
+                   crop_size: int = 128) -> tuple[np.ndarray, np.ndarray] | None:
+    """(image->crop, image->chip) 2x3 transforms of one image's largest face, from its
+    MediaPipe ``landmarks`` (livedeid crop, tracker alignment) and the recogniser's
+    :meth:`~Recognizer.face_chips`; ``None`` when either found nothing or they picked
+    different faces."""
+    if landmarks is None or not faces:
+        return None
+    box, _, m_chip = faces[0]
+    nose = landmarks[1]
+    if not (box[0] <= nose[0] <= box[2] and box[1] <= nose[1] <= box[3]):
+        return None
+    return livedeid_crop(image_bgr, landmarks, crop_size)[1], m_chip
+
+
+def crop_chip_pairs(recognizer: Recognizer, images_bgr, crop_size: int = 128) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`crop_chip_pair` over many images (MediaPipe and the recogniser run here)."""
+    pairs = []
     for image in images_bgr:
         landmarks = mediapipe_landmarks(image)
-        faces = recognizer.face_chips(image)
-        if landmarks is None or not faces:
-            continue
-        box, _, m_chip = faces[0]
-        nose = landmarks[1]
-        if not (box[0] <= nose[0] <= box[2] and box[1] <= nose[1] <= box[3]):
-            continue  # the two detectors chose different faces
-        m_crop = livedeid_crop(image, landmarks, crop_size)[1]
-        image_pts = _apply_affine(_invert_affine(m_chip), chip_pts)
-        src.append(_apply_affine(m_crop, image_pts))
-        dst.append(chip_pts)
-        used += 1
-    if not used:
-        raise ValueError("no face found by both MediaPipe and the recogniser")
-    return similarity_fit(np.concatenate(src), np.concatenate(dst)), used
+        faces = recognizer.face_chips(image) if landmarks is not None else []
+        pair = crop_chip_pair(image, landmarks, faces, crop_size)
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
+
+
+def fit_crop_to_chip(pairs, chip_size: int, grid: int = 9) -> np.ndarray:
+    """One least-squares similarity crop->chip for many faces: each face's exact crop->chip
+    map (chip o crop^-1) is sampled on a grid over the chip's face region (15..85 %), and
+    all samples are pooled into one fit. ``pairs`` from :func:`crop_chip_pairs`."""
+    g = np.linspace(0.15 * chip_size, 0.85 * chip_size, grid)
+    chip_pts = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+    src = [_apply_affine(_compose_affine(m_crop, _invert_affine(m_chip)), chip_pts) for m_crop, m_chip in pairs]
+    if not src:
+        raise ValueError("no faces to fit")
+    return similarity_fit(np.concatenate(src), np.concatenate([chip_pts] * len(src)))
 
 
 # --------------------------------------------------------------------------------------

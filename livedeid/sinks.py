@@ -107,8 +107,11 @@ class FileSink(Sink):
             codec = "lossless"  # yuv420p needs even sizes; keep every pixel instead of cropping
         self.rate = Fraction(rate).limit_denominator(100000)
         self.audio_from = Path(audio_from) if audio_from else None
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix or '.mp4'}",
-                                   dir=parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.",
+                                       suffix=f".partial{self.path.suffix or '.mp4'}", dir=parent)
+        except OSError as exc:
+            raise UserError(f"cannot write to {parent}: {exc.strerror or exc}") from None
         os.close(fd)
         self._tmp = Path(tmp)
         name, pix_fmt, options = CODECS[codec]

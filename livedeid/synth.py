@@ -19,6 +19,7 @@ Pulse model
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -41,29 +42,31 @@ class Motion:
     """Head motion. Amplitudes are standard deviations of smooth random walks except
     ``turn_deg``, the peak yaw of the occasional head turns."""
 
-    translate_px: float = 10.0   # in output-frame pixels
+    translate_px: float | None = None  # output-frame pixels; None: ``translate_frac`` of the height
     roll_deg: float = 3.0        # in-plane rotation
     scale: float = 0.03          # relative size change (leaning in/out)
     turn_deg: float = 15.0       # yaw of a head turn (perspective foreshortening)
     turn_every_s: float = 7.0    # mean spacing of turns (Poisson); 0 = none
     turn_s: float = 1.5          # duration of one turn, there and back
     smooth_s: float = 0.8        # time scale of the random walks
+    translate_frac: float = 0.015  # used when translate_px is None
 
     @classmethod
     def none(cls) -> "Motion":
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(translate_px=0.0, roll_deg=0.0, scale=0.0, turn_deg=0.0, turn_every_s=0.0)
 
     def scaled(self, k: float) -> "Motion":
-        return replace(self, translate_px=self.translate_px * k, roll_deg=self.roll_deg * k,
+        tr = None if self.translate_px is None else self.translate_px * k
+        return replace(self, translate_px=tr, translate_frac=self.translate_frac * k, roll_deg=self.roll_deg * k,
                        scale=self.scale * k, turn_deg=self.turn_deg * k)
 
 
 def ppg_waveform(phase: np.ndarray) -> np.ndarray:
     """Blood-volume pulse for a cardiac phase in cycles (any real; periodic with 1).
 
-    Systolic peak at 0.2 cycles, dicrotic notch near 0.42, diastolic wave at 0.5; the
+    Systolic peak at 0.2 cycles, dicrotic notch near 0.4, diastolic wave at 0.52; the
     result is scaled to [0, 1]. Its fundamental dominates the spectrum (as in real PPG),
-    with the second harmonic ~8 dB down.
+    with the second and third harmonics ~6 and ~9 dB down.
     """
     w = _ppg_raw(np.asarray(phase, dtype=np.float64))
     return (w - _PPG_LO) / (_PPG_HI - _PPG_LO)
@@ -74,7 +77,7 @@ def _ppg_raw(phase: np.ndarray) -> np.ndarray:
         d = (phase - centre + 0.5) % 1.0 - 0.5  # wrapped distance keeps the beat periodic
         return np.exp(-0.5 * (d / width) ** 2)
 
-    return bump(0.2, 0.075) + 0.45 * bump(0.5, 0.09)
+    return bump(0.2, 0.09) + 0.4 * bump(0.52, 0.11)
 
 
 _PPG_GRID = _ppg_raw(np.linspace(0.0, 1.0, 2048, endpoint=False))
@@ -163,12 +166,14 @@ def _background(rng: np.random.Generator, size: tuple[int, int], kind: str) -> n
         return np.full((h, w, 3), (150, 160, 165), np.float32)
     if kind != "textured":
         raise ValueError(f"background must be 'plain', 'textured' or an image, got {kind!r}")
-    # A wall: smooth colour blotches plus fine grain and a shading gradient.
+    # A wall: soft blotches of mostly-grey variation (large to small), fine grain and a
+    # shading gradient; colour channels share most of it, like paint under one light.
     base = np.zeros((h, w, 3), np.float32)
-    for scale, amp in ((0.25, 18.0), (0.06, 8.0), (0.01, 4.0)):
-        sw, sh = max(int(w * scale), 2), max(int(h * scale), 2)
-        layer = rng.normal(size=(sh, sw, 3)).astype(np.float32)
-        base += amp * cv2.resize(layer, (w, h), interpolation=cv2.INTER_CUBIC)
+    for cells, amp in ((4, 14.0), (24, 6.0), (w // 3, 2.5)):
+        sw, sh = max(int(cells), 2), max(int(cells * h / w), 2)
+        grey = rng.normal(size=(sh, sw, 1)).astype(np.float32)
+        col = 0.25 * rng.normal(size=(sh, sw, 3)).astype(np.float32)
+        base += amp * cv2.resize(grey + col, (w, h), interpolation=cv2.INTER_CUBIC)
     tint = np.array([140, 150, 160], np.float32) + rng.uniform(-25, 25, 3).astype(np.float32)
     shade = np.linspace(1.1, 0.85, w, dtype=np.float32)[None, :, None]
     return np.clip((tint + base) * shade, 0, 255)
@@ -217,7 +222,11 @@ class SyntheticPulseSource:
         self.size = (int(size[0]), int(size[1]))
         self.frame_count = int(round(duration_s * fps))
         self.duration_s = self.frame_count / self.fps
-        self.motion = motion if isinstance(motion, Motion) else Motion().scaled(float(motion))
+        if not isinstance(motion, Motion):
+            motion = Motion().scaled(float(motion))
+        if motion.translate_px is None:
+            motion = replace(motion, translate_px=motion.translate_frac * self.size[1])
+        self.motion = motion
         self.flicker = float(flicker)
         self.noise_std = float(noise_std)
         self.jpeg_quality = jpeg_quality
@@ -247,7 +256,7 @@ class SyntheticPulseSource:
         k = face_fraction * h_out / float(np.ptp(oval[:, 1]))
         centre = oval.mean(axis=0)
         # Layer: a region around the head (hair, neck) big enough for motion and turns.
-        half = np.array([np.ptp(oval[:, 0]) * 1.1, np.ptp(oval[:, 1]) * 1.0]) * k
+        half = np.array([np.ptp(oval[:, 0]) * 1.2, np.ptp(oval[:, 1]) * 1.25]) * k
         lw, lh = int(2 * half[0]) | 1, int(2 * half[1]) | 1
         # Source->layer similarity: scale k, face-oval centre to layer centre.
         a = np.array([[k, 0, lw / 2 - k * centre[0]], [0, k, lh / 2 - k * centre[1]]])
@@ -257,7 +266,7 @@ class SyntheticPulseSource:
         self._skin = skin_pulse_mask(layer, lm_layer)
         # Alpha: a feathered ellipse around the head (face, hair, upper neck).
         alpha = np.zeros((lh, lw), np.float32)
-        cv2.ellipse(alpha, (lw // 2, int(lh * 0.47)), (int(lw * 0.42), int(lh * 0.47)), 0, 0, 360, 1.0, -1)
+        cv2.ellipse(alpha, (lw // 2, lh // 2), (int(lw * 0.42), int(lh * 0.45)), 0, 0, 360, 1.0, -1)
         self._alpha = cv2.GaussianBlur(alpha, (0, 0), max(lw * 0.03, 1.0))
         # Frame i's face is face4 - c_i * pulse4 (BGR + alpha): one fused OpenCV op per
         # frame. pulse4 is the colour change per unit blood volume (zero on non-skin and
@@ -390,7 +399,7 @@ class SyntheticPulseSource:
         path.parent.mkdir(parents=True, exist_ok=True)
         w, h = self.size
         with av.open(str(path), mode="w") as container:
-            stream = container.add_stream("libx264", rate=int(round(self.fps)) if float(self.fps).is_integer() else self.fps)
+            stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             stream.width, stream.height = w - w % 2, h - h % 2
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(int(crf)), "preset": "veryfast"}

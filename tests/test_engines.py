@@ -1,0 +1,157 @@
+"""Engines behind one interface, the model manifest and its integrity checks."""
+import importlib.util
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from livedeid.engines import OnnxRuntimeEngine, TensorRTEngine, TorchEngine, create_engine, plan_cache_path
+from livedeid.errors import UserError
+from livedeid.model import load_spec, untrained_warning
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _cuda():
+    if not HAS_TORCH:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec()
+
+
+@pytest.fixture(scope="module")
+def windows(spec):
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 1, (2, spec.window, 3, spec.crop_size, spec.crop_size)).astype(np.float32)
+
+
+def test_shipped_manifest_is_honest(spec):
+    assert spec.window == 8 and spec.crop_size == 128
+    if not spec.trained:
+        assert "NOT de-identified" in untrained_warning(spec)
+
+
+def test_onnxruntime_output_contract(spec, windows):
+    eng = OnnxRuntimeEngine(spec)
+    out = eng(windows)
+    assert out.shape == (2, 3, spec.crop_size, spec.crop_size) and out.dtype == np.float32
+    residual = out - windows[:, -1]
+    assert np.abs(residual).max() <= spec.max_perturbation + 1e-6  # bounded perturbation
+    assert np.abs(residual).max() > 0
+    with pytest.raises(ValueError):
+        eng(windows[:, :3])
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed (train extra)")
+def test_torch_matches_onnxruntime(spec, windows):
+    a = OnnxRuntimeEngine(spec)(windows)
+    b = TorchEngine(spec, "cpu")(windows)
+    assert np.abs(a - b).max() <= 1e-4
+
+
+def test_auto_picks_best_available_and_says_why(spec):
+    choice = create_engine("auto", spec)
+    if not _cuda():
+        assert choice.engine.name == "onnxruntime"
+        assert any("tensorrt" in s for s in choice.fallbacks)
+        assert "onnxruntime" in choice.reason
+
+
+@pytest.mark.skipif(HAS_TRT and _cuda(), reason="TensorRT is present: the unavailable path is not reachable")
+def test_tensorrt_missing_is_a_clear_user_error(spec):
+    with pytest.raises(UserError, match="(?i)tensorrt"):
+        create_engine("tensorrt", spec)
+
+
+def test_unknown_engine_name(spec):
+    with pytest.raises(UserError, match="unknown engine"):
+        create_engine("magic", spec)
+
+
+def test_plan_cache_key_names_gpu_trt_and_model(spec, tmp_path):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"model-a")
+    p1 = plan_cache_path(spec, onnx, tmp_path, "10.13.0", (9, 0))
+    p2 = plan_cache_path(spec, onnx, tmp_path, "10.13.0", (8, 6))
+    p3 = plan_cache_path(spec, onnx, tmp_path, "11.0.0", (9, 0))
+    onnx.write_bytes(b"model-b")
+    p4 = plan_cache_path(spec, onnx, tmp_path, "10.13.0", (9, 0))
+    assert len({p1, p2, p3, p4}) == 4 and "sm90" in p1.name and "trt10.13.0" in p1.name
+
+
+def _copy_model(tmp_path):
+    src = load_spec()
+    for name in (src.onnx, src.weights, "deid.json"):
+        shutil.copy(src.manifest_path.parent / name, tmp_path / name)
+    return tmp_path / "deid.json"
+
+
+def test_tampered_onnx_is_refused(tmp_path):
+    manifest = _copy_model(tmp_path)
+    (tmp_path / "deid.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(UserError, match="does not match its manifest hash"):
+        OnnxRuntimeEngine(load_spec(manifest))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed (train extra)")
+def test_pickle_payload_weights_are_refused(tmp_path):
+    manifest = _copy_model(tmp_path)
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pickle code ran",))
+
+    (tmp_path / "deid.pt").write_bytes(pickle.dumps({"x": Boom()}))
+    raw = json.loads(manifest.read_text())
+    raw["weights_sha256"] = None  # even with a matching manifest the payload must not run
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="cannot load weights"):
+        TorchEngine(load_spec(manifest), "cpu")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "blue"}, "unknown keys"),
+    ({"window": 0}, "out-of-range"),
+    ({"max_perturbation": 2.0}, "out-of-range"),
+])
+def test_bad_manifest_is_one_clear_error(tmp_path, change, message):
+    manifest = _copy_model(tmp_path)
+    raw = json.loads(manifest.read_text())
+    raw.update(change)
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(UserError, match=message):
+        load_spec(manifest)
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_spec(tmp_path / "nope.json")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with torch CUDA")
+def test_torch_cuda_fp16_close_to_cpu_reference(spec, windows):
+    ref = OnnxRuntimeEngine(spec, use_cuda=False)(windows)
+    got = TorchEngine(spec, "cuda")(windows)
+    assert np.abs(ref - got).max() <= 2 / 255
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not (HAS_TRT and _cuda()), reason="needs TensorRT and an NVIDIA GPU")
+def test_tensorrt_fp16_close_to_cpu_reference(spec, windows, tmp_path):
+    ref = OnnxRuntimeEngine(spec, use_cuda=False)(windows)
+    eng = TensorRTEngine(spec, cache_dir=tmp_path)
+    got = eng(windows)
+    assert np.abs(ref - got).max() <= 2 / 255
+    assert eng.plan_path.is_file()  # cached for the next start
+    again = TensorRTEngine(spec, cache_dir=tmp_path)
+    assert np.abs(again(windows) - got).max() == 0

@@ -1,0 +1,162 @@
+"""FrameProcessor and Pipeline on real frames: protection, fail-closed, fallback, queues."""
+import cv2
+import numpy as np
+import pytest
+
+from livedeid.capture import Source
+from livedeid.composite import oval_mask
+from livedeid.engines import Engine
+from livedeid.errors import UserError
+from livedeid.frames import Frame
+from livedeid.pipeline import FrameProcessor, Pipeline, PipelineConfig
+from livedeid.sinks import NullSink
+
+
+def _scene(face, i, size=(800, 450)):
+    m = np.float32([[1.3, 0, 60 + 3 * i], [0, 1.3, -120 + i]])
+    return cv2.warpAffine(face, m, size, borderValue=(40, 60, 50))
+
+
+class ListSource(Source):
+    def __init__(self, images, fps=30.0, live=False):
+        self.images, self.fps, self.is_live = list(images), fps, live
+        self.size = (images[0].shape[1], images[0].shape[0])
+        self.frame_count = len(images)
+        self.closed = False
+        self._i = 0
+
+    def read(self):
+        if self._i >= len(self.images):
+            return None
+        f = Frame(self.images[self._i], self._i, self._i / self.fps)
+        self._i += 1
+        return f
+
+    def close(self):
+        self.closed = True
+
+
+class BrokenEngine(Engine):
+    name = "broken"
+
+    def __call__(self, windows):
+        raise RuntimeError("simulated CUDA error")
+
+
+@pytest.fixture(scope="module")
+def processor():
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
+    yield proc
+    proc.close()
+
+
+def test_faces_are_protected_and_background_is_untouched(astronaut_bgr):
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
+    for i in range(5):
+        frame = proc.process(Frame(_scene(astronaut_bgr, i), i, i / 30))
+    proc.close()
+    assert len(frame.faces) == 1 and frame.faces[0].protected is not None
+    box, mask = oval_mask(frame.faces[0].landmarks, frame.image.shape[:2])
+    full = np.zeros(frame.image.shape[:2], np.float32)
+    full[box[1]:box[3], box[0]:box[2]] = mask
+    changed = np.any(frame.output != frame.image, axis=2)
+    assert changed.any() and not np.any(changed & (full == 0))
+    assert set(frame.stage_ms) >= {"track", "window", "engine", "composite", "rppg", "total"}
+
+
+def test_lost_face_is_hidden_until_it_returns(astronaut_bgr):
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
+    for i in range(4):
+        proc.process(Frame(_scene(astronaut_bgr, i), i, i / 30))
+    # the person steps back: the face shrinks below what the detector finds, but it is
+    # still in the picture, where the face was. The lost track's region must hide it.
+    lm = proc.tracker._tracks[0].landmarks
+    cx, cy = lm.mean(axis=0)
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), 0, 0.3)
+    far = cv2.warpAffine(_scene(astronaut_bgr, 4), m, (800, 450), borderValue=(40, 60, 50))
+    far_lm = lm @ m[:, :2].T + m[:, 2]
+    x0, y0 = np.floor(far_lm.min(0)).astype(int)
+    x1, y1 = np.ceil(far_lm.max(0)).astype(int)
+    frame = proc.process(Frame(far, 4, 4 / 30))
+    assert frame.faces and frame.faces[0].is_lost
+    assert frame.fail_closed_regions == 1 and len(frame.hidden_boxes) == 1
+    hx0, hy0, hx1, hy1 = frame.hidden_boxes[0]
+    assert hx0 <= x0 and hy0 <= y0 and hx1 >= x1 and hy1 >= y1  # the small face is inside
+    small_face = frame.output[y0:y1, x0:x1].astype(int)
+    assert np.abs(small_face - far[y0:y1, x0:x1]).mean() > 5  # and it is not raw
+    back = proc.process(Frame(_scene(astronaut_bgr, 5), 5, 5 / 30))
+    assert not back.faces[0].is_lost and back.fail_closed_regions == 0
+    proc.close()
+
+
+def test_hold_policy_repeats_last_protected_frame(astronaut_bgr):
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime", fail_closed="hold"))
+    for i in range(3):
+        good = proc.process(Frame(_scene(astronaut_bgr, i), i, i / 30)).output.copy()
+    blank = np.full_like(good, 50)  # the person left the picture
+    frame = proc.process(Frame(blank, 3, 3 / 30))
+    proc.close()
+    assert frame.fail_closed_regions == 1
+    assert np.array_equal(frame.output, good)  # the last protected frame, not the new one
+
+
+def test_engine_failure_falls_back_then_fails_closed(astronaut_bgr, monkeypatch):
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
+    spec = proc.spec
+    proc.engine = BrokenEngine(spec)
+    frame = proc.process(Frame(_scene(astronaut_bgr, 0), 0, 0.0))
+    assert proc.engine.name == "onnxruntime" and any("falling back" in e for e in proc.events)
+    assert frame.faces[0].protected is not None and frame.fail_closed_regions == 0
+    # now the fallback breaks too: every face is hidden, nothing raw goes out
+    proc.engine = BrokenEngine(spec)
+    import livedeid.pipeline as pl
+
+    monkeypatch.setattr(pl, "fallback_engine", lambda failed, spec: (_ for _ in ()).throw(RuntimeError("no ORT")))
+    frame = proc.process(Frame(_scene(astronaut_bgr, 1), 1, 1 / 30))
+    proc.close()
+    assert frame.fail_closed_regions == 1
+    x0, y0, x1, y1 = frame.hidden_boxes[0]
+    assert np.abs(frame.output[y0:y1, x0:x1].astype(int) - frame.image[y0:y1, x0:x1]).mean() > 5
+
+
+def test_protection_off_passes_frames_and_says_so(astronaut_bgr):
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime", protect=False))
+    frame = proc.process(Frame(_scene(astronaut_bgr, 0), 0, 0.0))
+    proc.close()
+    assert frame.protected is False and np.array_equal(frame.output, frame.image)
+
+
+@pytest.mark.parametrize("field, value", [("fail_closed", "show"), ("max_faces", 9), ("min_confidence", 2.0),
+                                          ("hr_method", "ica")])
+def test_bad_config_is_a_user_error(field, value):
+    with pytest.raises(UserError):
+        FrameProcessor(PipelineConfig(**{field: value}))
+
+
+def test_file_pipeline_never_drops_and_keeps_order(astronaut_bgr):
+    images = [_scene(astronaut_bgr, i) for i in range(20)]
+    for k, im in enumerate(images):
+        cv2.putText(im, str(k), (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255), 2)
+    src = ListSource(images)
+    seen = []
+
+    class Recorder(NullSink):
+        def send(self, image):
+            seen.append(image[:60, :100].copy())
+
+    result = Pipeline(src, FrameProcessor(PipelineConfig(engine="onnxruntime")), [Recorder()], queue_size=2).run()
+    assert result.frames_in == result.frames_out == 20 and result.stats["dropped"] == 0
+    assert all(np.array_equal(s, im[:60, :100]) for s, im in zip(seen, images))  # order kept
+    assert src.closed
+
+
+def test_live_pipeline_drops_oldest_when_processing_lags(astronaut_bgr):
+    images = [_scene(astronaut_bgr, 0)] * 40
+
+    class FastLive(ListSource):
+        pass
+
+    src = FastLive(images, live=True)  # delivers instantly: far faster than processing
+    result = Pipeline(src, FrameProcessor(PipelineConfig(engine="onnxruntime")), [NullSink()], queue_size=2).run()
+    assert result.stats["dropped"] > 0
+    assert result.frames_out + result.stats["dropped"] >= 38  # every frame is either shown or counted
