@@ -186,13 +186,18 @@ def cmd_run(args) -> int:
     if args.duration:
         import threading
 
-        threading.Timer(args.duration, pipeline.stop).start()
+        timer = threading.Timer(args.duration, pipeline.stop)
+        timer.daemon = True
+        timer.start()
+    # Ctrl+C is the normal way to end a live run: stop cleanly so a recording is kept.
+    import signal
+
+    previous = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())
     print(f"running on {source.description}; Ctrl+C to stop", file=sys.stderr)
     try:
         result = pipeline.run()
-    except KeyboardInterrupt:
-        pipeline.stop()
-        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print(file=sys.stderr)
     _print_stats(result)
     return 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: records hold arrays
 class FaceTrack:
     """One tracked face in one frame.
 
@@ -43,7 +43,7 @@ class FaceTrack:
         return int(x0), int(y0), int(x1), int(y1)
 
 
-@dataclass
+@dataclass(eq=False)
 class Frame:
     """A video frame and everything the stages learned about it."""
 

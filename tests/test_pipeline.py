@@ -160,3 +160,18 @@ def test_live_pipeline_drops_oldest_when_processing_lags(astronaut_bgr):
     result = Pipeline(src, FrameProcessor(PipelineConfig(engine="onnxruntime")), [NullSink()], queue_size=2).run()
     assert result.stats["dropped"] > 0
     assert result.frames_out + result.stats["dropped"] >= 38  # every frame is either shown or counted
+
+
+def test_two_faces_are_tracked_and_protected_separately(astronaut_bgr):
+    face = astronaut_bgr[0:400, 60:420]  # the astronaut's head and shoulders
+    scene = np.full((420, 800, 3), 60, np.uint8)
+    scene[10:410, 20:380] = face
+    scene[10:410, 420:780] = face[:, ::-1]
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
+    for i in range(3):
+        frame = proc.process(Frame(scene.copy(), i, i / 30))
+    proc.close()
+    assert len(frame.faces) == 2 and len({f.track_id for f in frame.faces}) == 2
+    assert all(f.protected is not None for f in frame.faces)
+    changed = np.any(frame.output != frame.image, axis=2)
+    assert changed[:, :400].any() and changed[:, 400:].any()
