@@ -37,12 +37,15 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 # --------------------------------------------------------------------------------------
 # Skin region from MediaPipe face-mesh landmarks (indices of the 478-point refined mesh).
-# Polygons are listed in boundary order. The forehead band stops below the hairline
-# (row 69-108-151-337-299) so fringes rarely enter it; the cheeks lie between the lower
-# eyelid crease, the nose side and the mouth-corner height, the most perfused and least
-# articulated skin of the face.
+# Polygons are listed in boundary order; an entry ``(a, b, t)`` is the point a fraction
+# ``t`` of the way from landmark ``a`` to ``b``. The forehead's upper edge lies halfway
+# between the 69-108-151-337-299 row and the hairline row 67-109-10-338-297, high enough
+# for a useful area yet below where fringes usually fall; the cheeks lie between the
+# lower-eyelid crease, the side of the nose and mouth-corner height, the most perfused
+# and least articulated skin of the face.
 # --------------------------------------------------------------------------------------
-FOREHEAD = (9, 107, 66, 105, 104, 69, 108, 151, 337, 299, 333, 334, 296, 336)
+FOREHEAD = (9, 107, 66, 105, (104, 103, 0.5), (69, 67, 0.5), (108, 109, 0.5), (151, 10, 0.5),
+            (337, 338, 0.5), (299, 297, 0.5), (333, 332, 0.5), 334, 296, 336)
 RIGHT_CHEEK = (116, 117, 118, 119, 100, 142, 203, 206, 207, 187, 147, 123)  # image left
 LEFT_CHEEK = (345, 346, 347, 348, 329, 371, 423, 426, 427, 411, 376, 352)   # image right
 SKIN_POLYGONS = (FOREHEAD, RIGHT_CHEEK, LEFT_CHEEK)
@@ -63,7 +66,19 @@ EXCLUSIONS = ((RIGHT_EYE, 1.6), (LEFT_EYE, 1.6), (RIGHT_BROW, 1.3), (LEFT_BROW, 
               (LIPS, 1.25), (NOSE_BASE, 1.15))
 
 _SHIFT = 4  # fillPoly fractional bits: landmarks are sub-pixel, masks should be too
-_ROI_IDX = np.array(sorted(set(FOREHEAD + RIGHT_CHEEK + LEFT_CHEEK)))
+
+
+def polygon_points(landmarks: np.ndarray, poly: tuple) -> np.ndarray:
+    """``(k, 2)`` points of a polygon spec (landmark indices or ``(a, b, t)`` blends)."""
+    lm = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    out = np.empty((len(poly), 2))
+    for j, p in enumerate(poly):
+        if isinstance(p, tuple):
+            a, b, t = p
+            out[j] = lm[a] + (lm[b] - lm[a]) * t
+        else:
+            out[j] = lm[p]
+    return out
 
 
 def _scaled(poly: np.ndarray, factor: float) -> np.ndarray:
@@ -81,7 +96,8 @@ def _roi_in_box(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> tuple[int, 
     image): ``(x0, y0, mask uint8)`` or None when the box is empty."""
     lm = np.asarray(landmarks, dtype=np.float64)[:, :2]
     h, w = int(shape_hw[0]), int(shape_hw[1])
-    roi = lm[_ROI_IDX]
+    polys = [polygon_points(lm, p) for p in SKIN_POLYGONS]
+    roi = np.concatenate(polys)
     if not np.all(np.isfinite(roi)):
         return None
     x0 = max(int(math.floor(roi[:, 0].min())), 0)
@@ -92,7 +108,7 @@ def _roi_in_box(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> tuple[int, 
         return None
     off = np.array([x0, y0], dtype=np.float64)
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    _fill(mask, [lm[list(p)] - off for p in SKIN_POLYGONS], 255)
+    _fill(mask, [p - off for p in polys], 255)
     _fill(mask, [_scaled(lm[list(p)], f) - off for p, f in EXCLUSIONS], 0)
     return x0, y0, mask
 
@@ -270,8 +286,10 @@ def extract_pulse(rgb: np.ndarray, fs: float, method: str = "pos") -> np.ndarray
 # Measured on this estimator with 2000 band-passed noise windows each of 5, 10 and 20 s:
 # white noise reaches 'fair' in <= 0.2 % of windows and 'good' in <= 0.05 %; brown
 # (1/f^2, drift-like) noise reaches 'fair' in <= 1.7 % and 'good' in <= 0.1 %. A clean
-# pulse scores about +12 dB at 5 s and +18 dB at >= 10 s, synthetic pulses on moving
-# real faces +14..+25 dB in 10 s windows, so real readings are rarely hidden.
+# pulse scores about +12 dB at 5 s and +18 dB at >= 10 s; livedeid.synth clips of real
+# faces at default settings +14..+18 dB in 10 s windows (shown 100 % of the time), but
+# harsh ones (0.3 % pulse, JPEG 70, 4-level noise, 3 % flicker, strong motion, 640x360)
+# mostly grade 'poor' even where the peak is right: the grade errs on hiding numbers.
 # 'poor' readings are never shown as a number.
 SNR_GOOD_EXCESS_DB = 12.0
 SNR_FAIR_EXCESS_DB = 10.0

