@@ -228,3 +228,28 @@ def test_virtual_camera_receives_protected_bgr_frames_at_camera_rate(capsys):
     intervals = np.diff(cam.times[2:])
     # paced at the camera rate: never faster (no bursts); slower only if this machine is loaded
     assert 1 / 15 * 0.5 < np.median(intervals) < 1 / 15 * 4.0
+
+
+@pytest.mark.slow
+def test_monitor_heart_rate_on_pulse_clips_of_six_real_faces(tmp_path, capsys):
+    """Acceptance: `livedeid monitor` on 20 s H.264 files of 6 real celebrity photos with a
+    known pulse (50..150 bpm), head motion, light flicker and sensor noise: MAE <= 1.5 bpm."""
+    import json
+
+    from livedeid.synth import write_clip
+
+    root = data_path("faces", "celebrities")
+    photos = [sorted((root / f"id0{k}").glob("*.jpg"))[0] for k in range(1, 7)]
+    errors = []
+    for k, (photo, hr) in enumerate(zip(photos, (50, 70, 90, 110, 130, 150))):
+        clip = tmp_path / f"clip{k}.mp4"
+        write_clip(clip, face=str(photo), hr_bpm=hr, duration_s=20.0, fps=30.0, size=(640, 360), motion=1.0,
+                   flicker=0.01, noise_std=2.0, seed=k)
+        report = tmp_path / f"hr{k}.json"
+        assert main(["monitor", str(clip), "--json", str(report), "-q"]) == 0
+        got = json.loads(report.read_text())["clip_hr"]["bpm"]
+        errors.append(abs(got - hr))
+        print(f"{photo.parent.name}/{photo.name}: true {hr} bpm, monitor {got:.2f} bpm")
+    mae = float(np.mean(errors))
+    print(f"monitor MAE over 6 clips: {mae:.2f} bpm")
+    assert mae <= 1.5
