@@ -190,10 +190,21 @@ class SyntheticSource(Source):
         self._index += 1
         return frame
 
+    def frame_at(self, index: int) -> Frame:
+        """Random access (rendering is per frame), so live playback can skip cheaply."""
+        self._index = index + 1
+        return self.clip.frame(index)
+
 
 class LiveSimulation(Source):
-    """Plays any finite source at its own frame rate with monotonic timestamps, as a camera
-    would (used for `run` with a file or the synthetic source). ``loop`` restarts it."""
+    """Plays a finite source in real time, as a camera would (used for `run` with a file or
+    the synthetic source); ``loop`` restarts it at the end.
+
+    Like a camera, it does not slow down when the reader is slow: the frame delivered is
+    the one due at the current wall-clock time, frames in between are skipped, and each
+    frame's timestamp is its due time on the clip's timeline. (Stamping frames when they
+    happen to be produced would compress time after a stall and distort the heart rate.)
+    """
 
     is_live = True
 
@@ -202,24 +213,49 @@ class LiveSimulation(Source):
         self._src = make_source()
         self.fps, self.size, self.loop = self._src.fps, self._src.size, loop
         self.description = f"{self._src.description} (live at {self.fps:.1f} fps)"
-        self._next_t: float | None = None
+        self._t0: float | None = None
+        self._clip_index = 0     # index of the next frame the current source will return
+        self._clip_offset = 0    # frames of earlier loops
+        self._next_due = 0       # first timeline frame not yet delivered
         self._index = 0
 
     def read(self) -> Frame | None:
-        frame = self._src.read()
-        if frame is None and self.loop:
-            self._src.close()
-            self._src = self._make()
-            frame = self._src.read()
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        target = max(self._next_due, int((now - self._t0) * self.fps))
+        due = self._t0 + target / self.fps
+        if due > now:
+            time.sleep(due - now)
+        frame = self._frame_at(target)
         if frame is None:
             return None
-        now = time.monotonic()
-        self._next_t = now if self._next_t is None else self._next_t + 1.0 / self.fps
-        if self._next_t > now:
-            time.sleep(self._next_t - now)
-        frame.index, frame.timestamp = self._index, time.monotonic()
+        self._next_due = target + 1
+        frame.index, frame.timestamp = self._index, due
         self._index += 1
         return frame
+
+    def _frame_at(self, target: int) -> Frame | None:
+        """The frame at timeline position ``target``, skipping (decoding and dropping)
+        the ones before it; across loop restarts."""
+        while True:
+            local = target - self._clip_offset
+            seek = getattr(self._src, "frame_at", None)
+            if seek is not None and local < (self._src.frame_count or 0):
+                self._clip_index = local + 1
+                return seek(local)
+            frame = self._src.read()
+            if frame is None:
+                if not self.loop or self._clip_index == 0:
+                    return None
+                self._src.close()
+                self._src = self._make()
+                self._clip_offset += self._clip_index
+                self._clip_index = 0
+                continue
+            self._clip_index += 1
+            if self._clip_index - 1 >= local:
+                return frame
 
     def close(self) -> None:
         self._src.close()

@@ -280,6 +280,92 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import format_report, load_config, train
+
+    cfg = load_config(args.config, args.set)
+    if args.export:
+        cfg["export"] = True
+    result = train(cfg, progress=not args.quiet)
+    print(f"weights: {result['weights']} ({result['steps']} steps, {result['train_seconds']:.0f} s)")
+    if "eval" in result:
+        print(format_report(result["eval"]))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import run_eval, synthetic_clips, video_clips
+
+    if args.clips and args.synthetic_clips:
+        raise UserError("use either --clips or --synthetic-clips, not both")
+    if args.synthetic_clips is not None and not 1 <= args.synthetic_clips <= 20:
+        raise UserError("--synthetic-clips must be 1..20")
+    methods = [m for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.methods is not None and not methods:
+        raise UserError("--methods is empty")
+    clips = None
+    if args.clips:
+        clips = video_clips(args.clips)
+    elif args.synthetic_clips:
+        clips = synthetic_clips(args.synthetic_clips, seconds=args.clip_seconds)
+    kwargs = {"methods": methods} if methods else {}
+    report = run_eval(args.dataset, args.out, sweep=args.sweep, model=not args.no_model, manifest=args.model,
+                      method_dirs=args.method_dir or (), recognizers=args.recognizers.split(",") if args.recognizers else None,
+                      noise_psnr=args.noise_psnr, clips=clips, per_identity=args.per_identity, quiet=args.quiet,
+                      **kwargs)
+    print(f"{report.dataset}: {report.identities} identities, {report.used}/{report.images} photos with a face region, "
+          f"{report.seconds:.0f} s")
+    if report.model_note:
+        print(f"model: {report.model_note}")
+    for r in report.results:
+        per = "  ".join(f"{n}: det {100 * m.detection:5.1f} top-1 {100 * m.top1:5.1f} self {100 * m.self_match:5.1f} "
+                        f"EER {100 * m.eer:5.1f}" for n, m in r.per_recognizer.items())
+        print(f"{r.method.name:<14} PSNR {r.psnr_db:6.2f} dB  SSIM {r.ssim:.3f}  {per}")
+    print(f"wrote {args.out / 'eval.md'}, {args.out / 'eval.csv'}, {args.out / 'eval.png'}")
+    return 0
+
+
+def cmd_gui(args) -> int:
+    from .panel import require_gui, run_panel  # imports no Qt: the check comes first
+
+    require_gui()
+    from .model import load_spec
+    from .panel.workers import PatientSettings
+
+    _config(args).validate()
+    load_spec(args.model)  # a bad manifest is a one-line error here, not a banner later
+    settings = PatientSettings(
+        source=args.camera, width=args.width, height=args.height, fps=args.fps, engine=args.engine,
+        fail_closed=args.fail_closed, manifest=args.model, max_faces=args.max_faces, hr_method=args.hr_method,
+        hr_overlay=args.hr_overlay, virtual_camera=not args.no_virtual_camera, vcam_backend=args.backend,
+        vcam_device=args.device)
+    return run_panel(settings, mode="monitor" if args.monitor else "patient", monitor_source=args.monitor,
+                     theme=args.theme, privacy_meter=not args.no_privacy_meter)
+
+
+def cmd_bench(args) -> int:
+    from .bench import parse_sizes, run_bench, to_markdown
+
+    sizes = parse_sizes(args.resolutions) if args.resolutions else None
+    try:
+        faces = tuple(int(v) for v in args.faces.split(",")) if args.faces else None
+    except ValueError:
+        raise UserError(f"--faces takes counts like 1,4 (got {args.faces!r})") from None
+    if faces and not all(1 <= n <= 4 for n in faces):
+        raise UserError("--faces takes counts between 1 and 4")
+    if args.frames is not None and args.frames < 1:
+        raise UserError("--frames must be at least 1")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out must be a folder: {args.out}")
+    engines = args.engines.split(",") if args.engines else None
+    result = run_bench(args.out, quick=args.quick, engines=engines, resolutions=sizes, face_counts=faces,
+                       frames=args.frames, offline=not args.no_offline, log=lambda m: print(m, file=sys.stderr))
+    print(to_markdown(result))
+    if args.out is not None:
+        print(f"wrote {args.out / 'bench.md'} and {args.out / 'bench.json'}", file=sys.stderr)
+    return 0
+
+
 def _run_with_progress(pipeline, total: int | None, quiet: bool):
     from tqdm import tqdm
 
@@ -374,6 +460,72 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--backend", default=None, help="pyvirtualcam backend to check")
     dr.set_defaults(func=cmd_doctor)
 
+    g = sub.add_parser("gui", help="the window: protect and send (patients), heart-rate monitor (clinicians)",
+                       description="Opens the livedeid panel: live protected video with a before/after view, "
+                                   "heart rate, privacy meter and the virtual camera switch; or, in monitor "
+                                   "mode, the heart rate of a face in a file, camera or screen region. "
+                                   "`livedeid` with no command opens it too.")
+    g.add_argument("--camera", default=None, help="camera index, video file or synthetic[:HR] "
+                                                  "(default: the first camera found, else the synthetic face)")
+    g.add_argument("--width", type=int, default=1280)
+    g.add_argument("--height", type=int, default=720)
+    g.add_argument("--fps", type=float, default=30.0)
+    g.add_argument("--no-virtual-camera", action="store_true", help="start without sending to a virtual camera")
+    g.add_argument("--backend", default=None, help="pyvirtualcam backend (default: the OS's)")
+    g.add_argument("--device", default=None, help="virtual camera device, e.g. /dev/video10")
+    g.add_argument("--monitor", default=None, metavar="SOURCE",
+                   help="start in clinician monitor mode on a video file, camera index, synthetic[:HR] "
+                        "or screen[:LEFT,TOP,WIDTH,HEIGHT]")
+    g.add_argument("--theme", choices=("dark", "light"), default="dark")
+    g.add_argument("--no-privacy-meter", action="store_true", help="do not run face recognisers on the output")
+    _add_pipeline_options(g)
+    g.set_defaults(func=cmd_gui)
+
+    ev = sub.add_parser(
+        "eval", help="privacy vs utility: face recognisers against the model and baseline filters",
+        description="Runs every method (no filter, blur, pixelate, Gaussian noise, JPEG, the product's model, "
+                    "folders of anonymised photos) on a folder of identity-labelled photos "
+                    "(DATASET/<identity>/*.jpg) and measures face-region PSNR/SSIM and, per face recogniser, "
+                    "detection, closed-set top-1, self-match, EER and TAR at FAR 1e-3. Writes eval.md, "
+                    "eval.csv and eval.png into --out.")
+    ev.add_argument("dataset", type=Path, help="folder of identity sub-folders with face photos")
+    ev.add_argument("--out", type=Path, default=Path("eval_out"), help="output folder (default eval_out)")
+    ev.add_argument("--sweep", action="store_true",
+                    help="also run each baseline family at several strengths (for the PSNR plot)")
+    ev.add_argument("--methods", default=None, metavar="LIST",
+                    help="comma-separated baselines (default none,blur:2,blur:8,pixelate:8,noise,jpeg:10); "
+                         "blur:SIGMA and pixelate:BLOCK per 100 px of face width, noise[:PSNR_dB], jpeg:QUALITY")
+    ev.add_argument("--method-dir", type=Path, action="append", metavar="DIR",
+                    help="already-anonymised photos with the dataset's layout (repeatable)")
+    ev.add_argument("--no-model", action="store_true", help="do not run the product's model")
+    ev.add_argument("--model", type=Path, default=None, metavar="MANIFEST",
+                    help="model manifest JSON (default: the shipped engines/deid.json)")
+    ev.add_argument("--recognizers", default=None, metavar="LIST",
+                    help="comma-separated recognisers: dlib,sface (default: every installed one)")
+    ev.add_argument("--noise-psnr", type=float, default=None,
+                    help="PSNR (dB) of the plain 'noise' baseline (default: the model's, else 32)")
+    ev.add_argument("--clips", type=Path, default=None, metavar="DIR",
+                    help="pulse videos + truth.json (file -> true HR in bpm) for the heart-rate check")
+    ev.add_argument("--synthetic-clips", type=int, default=None, metavar="N",
+                    help="heart-rate check on N generated pulse clips (55..110 bpm)")
+    ev.add_argument("--per-identity", type=int, default=None, metavar="N",
+                    help="use only the first N photos of each identity (natural name order)")
+    ev.add_argument("--clip-seconds", type=float, default=12.0, help="length of generated clips (default 12 s)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("train", help="train the de-identification model (needs torch and ../shared/data)",
+                        description="Trains the autoencoder (reconstruct + de-identify against dlib/SFace + "
+                                    "keep the rPPG pulse) on clips made from identity-split face photos, "
+                                    "with resumable checkpoints and a CSV log; evaluates on held-out people "
+                                    "and, with --export, writes engines/deid.* when it de-identifies.")
+    tr.add_argument("--config", type=Path, default=None, help="JSON settings (e.g. configs/train_default.json)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting (dotted keys, JSON values), repeatable")
+    tr.add_argument("--export", action="store_true", help="export to engines/ if it beats the untrained model")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
     e = sub.add_parser("export", help="write the model's ONNX (+FP16, +TensorRT plan) and manifest into engines/")
     e.add_argument("--weights", type=Path, default=None, help="torch state dict (default: seeded untrained model)")
     e.add_argument("--trained", action="store_true", help="mark the weights as trained in the manifest")
@@ -384,6 +536,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tensorrt", action="store_true", help="also build the TensorRT plan (needs TensorRT + GPU)")
     e.add_argument("--notes", default="", help="free text stored in the manifest")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="speed of every available engine: per-stage p50/p95, fps, engine-only, offline",
+                       description="Per-stage p50/p95 latency and end-to-end fps at 640x480, 1280x720 and "
+                                   "1920x1080 with 1 and 4 real faces for every engine available here, engine-only "
+                                   "latency, and offline `process` throughput at 720p, each against torch eager "
+                                   "FP32 measured in the same run.")
+    b.add_argument("--out", type=Path, default=None, metavar="DIR", help="write bench.md and bench.json here")
+    b.add_argument("--quick", action="store_true", help="small CI-sized run (640x480, 1 face, few frames)")
+    b.add_argument("--engines", default=None,
+                   help="comma-separated subset, e.g. torch-cuda-fp16-graphs,tensorrt-fp16 (the baseline always runs)")
+    b.add_argument("--resolutions", default=None, help="e.g. 640x480,1280x720 (default: 480p, 720p, 1080p)")
+    b.add_argument("--faces", default=None, help="face counts, e.g. 1,4 (default 1,4)")
+    b.add_argument("--frames", type=int, default=None, help="timed frames per configuration (default 60, quick 6)")
+    b.add_argument("--no-offline", action="store_true", help="skip the offline 720p `process` measurement")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
@@ -392,9 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="livedeid: %(levelname)s: %(message)s")
-    if not args.command:
-        parser.print_help()
-        return 0
+    if not args.command:  # no command: open the window, the everyday entry point
+        args = parser.parse_args([*(["--verbose"] if args.verbose else []), "gui"])
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

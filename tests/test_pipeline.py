@@ -175,3 +175,27 @@ def test_two_faces_are_tracked_and_protected_separately(astronaut_bgr):
     assert all(f.protected is not None for f in frame.faces)
     changed = np.any(frame.output != frame.image, axis=2)
     assert changed[:, :400].any() and changed[:, 400:].any()
+
+
+def test_live_simulation_keeps_real_time_when_the_reader_stalls():
+    """A slow reader gets the frame due *now* with its true timeline timestamp, as from a
+    camera; it never receives a burst of stale frames with compressed time."""
+    import time as _time
+
+    from livedeid.capture import LiveSimulation
+
+    images = [np.full((8, 8, 3), i, np.uint8) for i in range(300)]
+    live = LiveSimulation(lambda: ListSource(images, fps=100.0), loop=True)
+    first = live.read()
+    _time.sleep(0.25)  # the reader stalls for 25 frame periods
+    after = live.read()
+    nxt = live.read()
+    assert after.image[0, 0, 0] >= 24          # frames during the stall were skipped
+    assert abs((after.timestamp - first.timestamp) - after.image[0, 0, 0] / 100.0) < 1e-6
+    assert nxt.timestamp - after.timestamp == pytest.approx(0.01 * (nxt.image[0, 0, 0] - after.image[0, 0, 0]))
+    # looping continues the timeline
+    live2 = LiveSimulation(lambda: ListSource(images[:5], fps=1000.0), loop=True)
+    frames = [live2.read() for _ in range(12)]
+    positions = [round((f.timestamp - frames[0].timestamp) * 1000.0) for f in frames]
+    assert all(b > a for a, b in zip(positions, positions[1:]))  # time only moves forward
+    assert [int(f.image[0, 0, 0]) for f in frames] == [p % 5 for p in positions]
