@@ -48,9 +48,9 @@ def _config(args) -> "PipelineConfig":
 
 
 def _processor(args):
-    from .pipeline import FrameProcessor
+    from .pipeline import build_processor
 
-    proc = FrameProcessor(_config(args))
+    proc = build_processor(_config(args))
     print(f"engine: {proc.engine.describe()} [{proc.engine_reason}]", file=sys.stderr)
     for why in proc.engine_skipped:
         print(f"  skipped {why}", file=sys.stderr)

@@ -234,6 +234,22 @@ class FrameProcessor:
         return t1
 
 
+def build_processor(config: PipelineConfig) -> FrameProcessor:
+    """The GPU-resident processor when the engine may run on CUDA and a CUDA device
+    exists, else the CPU processor (ONNX Runtime by default)."""
+    if config.engine != "onnxruntime":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                from .gpu import TorchFrameProcessor
+
+                return TorchFrameProcessor(config, device="cuda")
+    return FrameProcessor(config)
+
+
 FrameListener = Callable[[Frame, FrameProcessor], None]
 
 
@@ -284,6 +300,7 @@ class Pipeline:
         self._sink_thread.start()
         last_hr_t = -math.inf
         ok = False
+        submit = getattr(self.processor, "submit", None)
         try:
             while not self._stop.is_set():
                 try:
@@ -295,18 +312,16 @@ class Pipeline:
                         raise self._capture.error
                     break
                 self._frames_in += 1
-                self.processor.process(frame)
-                self.stats.dropped = self._capture.dropped
-                self.stats.record(frame)
-                reading = self.processor.hr.reading
-                if reading is not None and reading.timestamp != last_hr_t:
-                    last_hr_t = reading.timestamp
-                    self.hr_readings.append(reading)
-                self._put_output(frame)
-                for listener in self.listeners:
-                    listener(frame, self.processor)
-                if self._sink_error is not None:
-                    raise self._sink_error
+                # A processor with an asynchronous device stage (gpu.TorchFrameProcessor)
+                # returns the *previous* frame from submit(), overlapping CPU tracking of
+                # this frame with the GPU work of the last one.
+                done = submit(frame) if submit else self.processor.process(frame)
+                if done is not None:
+                    last_hr_t = self._deliver(done, last_hr_t)
+            if submit:
+                done = self.processor.flush()
+                if done is not None:
+                    self._deliver(done, last_hr_t)
             ok = True
         finally:
             self._capture.stop()
@@ -320,6 +335,21 @@ class Pipeline:
             raise self._sink_error
         return RunResult(self._frames_in, self._frames_out, self.stats.summary(), self.hr_readings,
                          self.processor.engine.describe(), list(self.processor.events))
+
+    def _deliver(self, frame: Frame, last_hr_t: float) -> float:
+        """Stats, HR history, sinks and listeners for one finished frame."""
+        self.stats.dropped = self._capture.dropped
+        self.stats.record(frame)
+        reading = self.processor.hr.reading
+        if reading is not None and reading.timestamp != last_hr_t:
+            last_hr_t = reading.timestamp
+            self.hr_readings.append(reading)
+        self._put_output(frame)
+        for listener in self.listeners:
+            listener(frame, self.processor)
+        if self._sink_error is not None:
+            raise self._sink_error
+        return last_hr_t
 
     def _put_output(self, frame: Frame) -> None:
         if self.source.is_live:
