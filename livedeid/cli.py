@@ -17,8 +17,13 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 from . import __version__  # noqa: E402
 from .errors import UserError  # noqa: E402
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineConfig
 
 log = logging.getLogger("livedeid")
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .composite import apply_protection, draw_hr_overlay, hidden_box, hide_region, oval_mask
+from .composite import apply_protection, oval_mask
 from .engines import Engine, EngineUnavailable, TensorRTEngine, TorchEngine
 from .errors import UserError
 from .frames import FaceTrack, Frame
@@ -406,7 +406,7 @@ class TorchFrameProcessor(FrameProcessor):
         job.host_ms["composite"] = (time.perf_counter() - t) * 1000.0
 
     def _finish(self, job: _InFlight) -> Frame:
-        cfg, frame = self.config, job.frame
+        frame = job.frame
         if job.done is not None:
             try:
                 job.done.synchronize()  # the download has landed in pinned host memory
@@ -419,25 +419,8 @@ class TorchFrameProcessor(FrameProcessor):
         frame.stage_ms.update(job.host_ms)
         t = time.perf_counter()
         out = job.out.numpy() if not isinstance(job.out, np.ndarray) else job.out
-        frame.protected = cfg.protect
-        if cfg.protect:
-            frame.fail_closed_regions = len(job.hidden)
-            if job.hidden:
-                if cfg.fail_closed == "hold" and self._last_good is not None and self._last_good.shape == out.shape:
-                    out = self._last_good.copy()
-                else:
-                    for f in job.hidden:
-                        box = hidden_box(f, out.shape[:2])
-                        if box is not None:
-                            frame.hidden_boxes.append(box)
-                            hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)
-            else:
-                self._last_good = out
-        frame.output = out
-        self._update_hr(frame, job.trusted)
-        if cfg.hr_overlay:
-            reading = self.hr.reading
-            draw_hr_overlay(out, reading.bpm if reading else None, reading.quality if reading else "poor")
+        out = self.fail_closed(frame, out, job.hidden)
+        self.finish_output(frame, out, job.trusted)
         frame.stage_ms["rppg"] = (time.perf_counter() - t) * 1000.0
         for stage in GPU_STAGES:
             frame.stage_ms.setdefault(stage, 0.0)

@@ -169,32 +169,44 @@ class FrameProcessor:
         t = self._lap(frame, "engine", t)
 
         out = frame.image.copy()
-        frame.protected = cfg.protect
         if cfg.protect:
             for f in trusted:
                 apply_protection(out, f)
-            frame.fail_closed_regions = len(hidden)
-            if hidden:
-                if cfg.fail_closed == "hold" and self._last_good is not None and self._last_good.shape == out.shape:
-                    out = self._last_good.copy()
-                else:
-                    for f in hidden:
-                        box = hidden_box(f, out.shape[:2])
-                        if box is not None:
-                            frame.hidden_boxes.append(box)
-                            hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)
-            else:
-                self._last_good = out
-        frame.output = out
+        out = self.fail_closed(frame, out, hidden)
         t = self._lap(frame, "composite", t)
 
-        self._update_hr(frame, trusted)
-        if cfg.hr_overlay:
-            reading = self.hr.reading
-            draw_hr_overlay(out, reading.bpm if reading else None, reading.quality if reading else "poor")
+        self.finish_output(frame, out, trusted)
         self._lap(frame, "rppg", t)
         frame.stage_ms["total"] = sum(frame.stage_ms[s] for s in STAGES)
         return frame
+
+    def fail_closed(self, frame: Frame, out: np.ndarray, hidden: list[FaceTrack]) -> np.ndarray:
+        """Apply the fail-closed policy to the composited ``out`` for the ``hidden`` faces;
+        returns the image to send (the held frame under ``hold``)."""
+        cfg = self.config
+        frame.protected = cfg.protect
+        if not cfg.protect:
+            return out
+        frame.fail_closed_regions = len(hidden)
+        if not hidden:
+            self._last_good = out
+            return out
+        if cfg.fail_closed == "hold" and self._last_good is not None and self._last_good.shape == out.shape:
+            return self._last_good.copy()
+        for f in hidden:
+            box = hidden_box(f, out.shape[:2])
+            if box is not None:
+                frame.hidden_boxes.append(box)
+                hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)
+        return out
+
+    def finish_output(self, frame: Frame, out: np.ndarray, trusted: list[FaceTrack]) -> None:
+        """Set the frame's output, update the heart rate on it, burn the overlay if asked."""
+        frame.output = out
+        self._update_hr(frame, trusted)
+        if self.config.hr_overlay:
+            reading = self.hr.reading
+            draw_hr_overlay(out, reading.bpm if reading else None, reading.quality if reading else "poor")
 
     def _run_engine(self, windows: np.ndarray) -> np.ndarray | None:
         try:

@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .model import crop_template
 
 # ArcFace's 5-point template for 112x112 chips (left eye, right eye, nose tip, left and right
 # mouth corner, image left first). SFace was trained on crops aligned to it; livedeid's

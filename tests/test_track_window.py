@@ -1,7 +1,6 @@
 """Tracking, alignment and the sliding window on real MediaPipe and a real face photo."""
 import cv2
 import numpy as np
-import pytest
 
 from livedeid.frames import FaceTrack
 from livedeid.model import crop_template, five_points
