@@ -311,8 +311,11 @@ class SyntheticPulseSource:
                 self._yaw[ii] += rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0) * m.turn_deg * np.sin(np.pi * u) ** 2
                 start += m.turn_s + rng.exponential(m.turn_every_s)
         # Light: aliased lamp flicker + slow drift (both well outside 0.7-3.5 Hz).
-        drift = gaussian_filter1d(rng.normal(size=n), sigma=self.fps * 2.5, mode="wrap")
-        drift = drift / (drift.std() + 1e-12)
+        # Drawn over at least a minute and cut to the clip: normalising a short clip's own
+        # (nearly constant) drift by its tiny std would blow the light up.
+        long_n = max(n, int(60 * self.fps))
+        drift = gaussian_filter1d(rng.normal(size=long_n), sigma=self.fps * 2.5, mode="wrap")
+        drift = ((drift - drift.mean()) / (drift.std() + 1e-12))[:n]
         self._light = 1.0 + self.flicker * (np.sin(2 * np.pi * self.flicker_hz * t + rng.uniform(0, 2 * np.pi)) + drift)
 
     # -- ground truth -------------------------------------------------------------------
