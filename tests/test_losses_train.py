@@ -1,0 +1,277 @@
+"""Training losses, data and loop (issue 4): fast checks on real parts (the dlib ResNet
+port, real face photos from ../shared/data, MediaPipe tracking, ONNX Runtime)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from livedeid.losses import (  # noqa: E402
+    DeidWeights, RecognizerHead, deid_loss, gallery_terms, pearson_loss, reconstruction_loss,
+    residual_temporal_loss, rppg_pearson_loss,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FACES = DATA / "faces"
+
+
+def _need_faces():
+    if not (FACES / "celebrities").is_dir():
+        pytest.skip(f"../shared/data not found: {FACES}")
+
+
+# --------------------------------------------------------------------------------------
+# losses
+# --------------------------------------------------------------------------------------
+def test_reconstruction_is_zero_for_identical_and_grows_with_noise():
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    assert float(reconstruction_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    small = (x + 2 / 255 * torch.randn_like(x)).clamp(0, 1)
+    big = (x + 8 / 255 * torch.randn_like(x)).clamp(0, 1)
+    assert 0 < float(reconstruction_loss(small, x)) < float(reconstruction_loss(big, x))
+
+
+def test_pearson_loss_limits():
+    t = torch.linspace(0, 4, 120)
+    a = torch.sin(2 * torch.pi * 1.2 * t)[None]
+    assert float(pearson_loss(a, a)) == pytest.approx(-1.0, abs=1e-6)
+    assert float(pearson_loss(a, 3 * a + 5)) == pytest.approx(-1.0, abs=1e-6)  # scale/offset free
+    assert float(pearson_loss(a, -a)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_rppg_pearson_is_minus_one_for_an_untouched_pulse_video():
+    # A pulsing skin patch: the protected sequence identical to the clean one keeps the pulse.
+    fs, n = 30.0, 64
+    pulse = torch.sin(2 * torch.pi * 1.3 * torch.arange(n) / fs)
+    frames = 0.5 + 0.003 * pulse[:, None, None, None] * torch.tensor([0.4, 1.0, 0.7])[:, None, None]
+    frames = frames.expand(n, 3, 16, 16)[None].contiguous()
+    roi = torch.ones(1, 1, 16, 16)
+    assert float(rppg_pearson_loss(frames, frames, roi, fs)) == pytest.approx(-1.0, abs=1e-4)
+    # A residual whose colour flickers on the skin breaks it (a grey flicker would not:
+    # POS projects intensity changes out by design).
+    flicker = 0.01 * torch.randn(1, n, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    assert float(rppg_pearson_loss(frames, frames + flicker, roi, fs)) > -0.5
+
+
+def test_residual_temporal_loss_only_sees_changes_over_time():
+    roi = torch.ones(1, 1, 8, 8)
+    steady = torch.full((1, 4, 3, 8, 8), 4 / 255)
+    assert float(residual_temporal_loss(steady, roi)) == pytest.approx(0.0, abs=1e-9)
+    changing = steady.clone()
+    changing[:, 1::2] *= -1  # alternating +-4 levels
+    assert float(residual_temporal_loss(changing, roi)) == pytest.approx(64.0, rel=1e-4)
+
+
+def test_gallery_terms_reward_moving_away_from_the_true_identity():
+    protos = torch.eye(4, 8)
+    ident = torch.tensor([2])
+    near = protos[2:3] + 0.05
+    away = protos[0:1] + 0.05
+    a_near, u_near, top_near = gallery_terms(near, protos, ident, 16.0)
+    a_away, u_away, top_away = gallery_terms(away, protos, ident, 16.0)
+    assert float(a_away) < float(a_near) and bool(top_near[0]) and not bool(top_away[0])
+    uniform = gallery_terms(torch.zeros(1, 8) + 1e-3, protos, ident, 16.0)[1]
+    assert float(uniform) < float(u_away)  # KL to uniform is smallest for an undecided softmax
+
+
+@pytest.fixture(scope="module")
+def two_people():
+    """Aligned 128 crops of two photos of one person and one photo of another."""
+    _need_faces()
+    from livedeid.datasets import CROP, MARGIN, align_photo
+
+    paths = [FACES / "celebrities" / "id01" / "img26.jpg", FACES / "celebrities" / "id01" / "img27.jpg",
+             FACES / "celebrities" / "id02" / sorted(p.name for p in (FACES / "celebrities" / "id02").iterdir())[0]]
+    crops = []
+    for p in paths:
+        crop, _ = align_photo(cv2.imread(str(p)))
+        crops.append(crop[MARGIN:MARGIN + CROP, MARGIN:MARGIN + CROP])
+    return torch.from_numpy(np.stack(crops).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="module")
+def dlib_head():
+    pytest.importorskip("dlib")
+    from livedeid.recognizers import get_recognizer
+
+    return RecognizerHead.from_recognizer(get_recognizer("dlib"))
+
+
+def test_deid_loss_is_lower_when_the_protected_face_is_someone_else(two_people, dlib_head):
+    same, other = two_people[0:1], two_people[2:3]
+    with torch.no_grad():
+        protos = {"dlib": torch.stack([dlib_head(two_people[0:2]).mean(0), dlib_head(other)[0]])}
+    ident = torch.tensor([0])
+    w = DeidWeights()
+    unchanged, info_u = deid_loss([dlib_head], same, same, ident, protos, w)
+    swapped, info_s = deid_loss([dlib_head], other, same, ident, protos, w)
+    assert float(swapped) < float(unchanged)
+    # The recogniser itself agrees: the untouched crop matches itself, another person does not.
+    assert info_u["dlib"]["self_match"] == 1.0 and info_s["dlib"]["self_match"] == 0.0
+    # And the gradient points somewhere: the loss is differentiable in the protected crop.
+    x = same.clone().requires_grad_(True)
+    deid_loss([dlib_head], x, same, ident, protos, w)[0].backward()
+    assert float(x.grad.abs().sum()) > 0
+
+
+# --------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_faces(tmp_path_factory):
+    """A tiny labelled face folder (2 celebrities x 2 photos, 1 ORL person x 2 photos),
+    symlinked from ../shared/data."""
+    _need_faces()
+    root = tmp_path_factory.mktemp("faces")
+    for ds, person, n in (("celebrities", "id01", 2), ("celebrities", "id02", 2), ("orl", "s1", 2)):
+        d = root / ds / person
+        d.mkdir(parents=True)
+        for p in sorted((FACES / ds / person).iterdir(), key=lambda p: p.name)[:n]:
+            (d / p.name).symlink_to(p)
+    return root
+
+
+def test_face_clips_carry_the_pulse_and_split_by_identity(tiny_faces, tmp_path):
+    from livedeid.datasets import FaceClipSampler, prepare_faces, split_identities
+
+    faces = prepare_faces(tiny_faces, tmp_path / "cache.npz")
+    assert len(faces) == 6
+    again = prepare_faces(tiny_faces, tmp_path / "cache.npz")  # from the cache
+    assert [f.path for f in again] == [f.path for f in faces]
+    train, test = split_identities([f.identity for f in faces], {"celebrities": 1}, seed=0)
+    assert len(test) == 1 and test[0].startswith("celebrities/") and not set(train) & set(test)
+
+    sampler = FaceClipSampler(faces, train)
+    sampler.settings.noise_std = (0.0, 0.0)
+    sampler.settings.flicker = 0.0
+    # Head motion moves skin edges through the (fixed) region and would swamp a raw mean.
+    sampler.settings.motion_px = sampler.settings.motion_deg = sampler.settings.motion_scale = 0.0
+    sampler.settings.pulse_amplitude = (0.01, 0.01)
+    batch = sampler.sample(3, 90, np.random.default_rng(0))
+    assert batch.frames.shape == (3, 90, 3, 128, 128) and batch.frames.dtype == np.float32
+    assert 0 <= batch.frames.min() and batch.frames.max() <= 1
+    assert set(batch.identity.tolist()) <= set(range(len(train)))
+    # The composite's oval: 1 on the cheeks, 0 in the corners, and it contains the skin.
+    assert batch.oval.shape == (3, 1, 128, 128) and batch.oval[:, 0, 64, 64].min() > 0.9
+    assert batch.oval[:, 0, :4, :4].max() == 0 and (batch.oval[batch.roi > 0] > 0).mean() > 0.95
+    # The skin's mean green follows the true blood volume (reflectance drops as it rises).
+    green = (batch.frames[:, :, 1] * batch.roi).sum((-2, -1)) / batch.roi.sum((-2, -1))   # (B, L)
+    for g, p in zip(green, batch.pulse):
+        assert np.corrcoef(g, p)[0, 1] < -0.5
+
+
+def _write_pulse_video(path: Path, n: int, fs: float = 30.0, hr: float = 75.0):
+    """A real face with a known pulse (the project's synthetic source), as frames."""
+    from livedeid.synth import SyntheticPulseSource
+
+    # flicker=0: synth normalises its slow light drift by its std, which blows up on clips
+    # much shorter than the drift (here 1.3 s).
+    src = SyntheticPulseSource(hr_bpm=hr, duration_s=n / fs, fps=fs, size=(320, 240), motion=0.3, seed=1,
+                               flicker=0.0)
+    return src, [fr.image for fr in src]
+
+
+def test_ubfc_pure_and_folder_loaders_track_real_video(tmp_path):
+    import av
+
+    from livedeid.datasets import VideoClipSampler, pure_items, ubfc_items, video_folder_items
+
+    n = 40
+    src, frames = _write_pulse_video(tmp_path, n)
+    # UBFC-rPPG (DATASET_2): subject1/vid.avi + ground_truth.txt (PPG, HR, time rows)
+    sub = tmp_path / "ubfc" / "subject1"
+    sub.mkdir(parents=True)
+    with av.open(str(sub / "vid.avi"), "w") as c:
+        st = c.add_stream("mjpeg", rate=30)
+        st.width, st.height, st.pix_fmt = 320, 240, "yuvj420p"
+        for img in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    t = np.arange(n) / 30.0
+    (sub / "ground_truth.txt").write_text("\n".join(" ".join(f"{v:.6e}" for v in row)
+                                                    for row in (src.true_pulse, np.full(n, 75.0), t)))
+    # PURE: 01-01/Image<ns>.png + 01-01.json
+    pure = tmp_path / "pure"
+    (pure / "01-01").mkdir(parents=True)
+    for i, img in enumerate(frames):
+        cv2.imwrite(str(pure / "01-01" / f"Image{int(t[i] * 1e9) + 10**9}.png"), img)
+    (pure / "01-01.json").write_text(json.dumps({
+        "/FullPackage": [{"Timestamp": int(ti * 1e9) + 10**9, "Value": {"waveform": float(v), "pulseRate": 75}}
+                         for ti, v in zip(t, src.true_pulse)],
+        "/Image": [{"Timestamp": int(ti * 1e9) + 10**9} for ti in t]}))
+
+    for items in (ubfc_items(tmp_path / "ubfc"), pure_items(pure)):
+        assert len(items) == 1 and items[0].ppg is not None
+        sampler = VideoClipSampler(items, cache_dir=tmp_path / "cache")
+        assert len(sampler.tracks[0][1]) >= n - 2  # the face is tracked in (nearly) every frame
+        batch = sampler.sample(2, 16, np.random.default_rng(0))
+        assert batch.frames.shape == (2, 16, 3, 128, 128) and batch.pulse.shape == (2, 16)
+        assert batch.roi.sum() > 100 and abs(batch.fs - 30.0) < 0.5
+        assert batch.oval.shape == (2, 1, 128, 128) and batch.oval.max() > 0.9
+    # The generic loader: any folder of videos, no pulse reference.
+    plain = video_folder_items(tmp_path / "ubfc")
+    assert [it.name for it in plain] == ["subject1"] and plain[0].ppg is None
+
+
+# --------------------------------------------------------------------------------------
+# training loop + export
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_run(tiny_faces, tmp_path_factory):
+    pytest.importorskip("dlib")
+    from livedeid.train import load_config, train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, [f"out_dir={out}", f"data.faces_root={tiny_faces}", f"data.cache={out / 'c.npz'}",
+                             "data.held_out={}", 'recognizers=["dlib"]', "batch=2", "outputs_per_clip=2",
+                             "steps=16", "lr=0.003", "warmup_steps=2", "rppg_every=8", "rppg_outputs=24",
+                             "ckpt_every=8", "log_every=4", "eval.enabled=false", "threads=2"])
+    return cfg, train(cfg, progress=False)
+
+
+def test_short_training_lowers_the_loss_and_resumes(short_run):
+    import csv
+
+    cfg, result = short_run
+    out = Path(cfg["out_dir"])
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert len(rows) == 16
+    # Rows of steps that also ran the Pearson batch (every 8th) carry an extra term.
+    plain = [float(r["loss"]) for r in rows if (int(r["step"]) - 1) % 8 != 0]
+    first, last = np.mean(plain[:4]), np.mean(plain[-4:])
+    assert last < first
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ck["step"] == 16 and set(ck) == {"model", "optim", "step"}
+    # Resuming past the end trains nothing more and keeps the log.
+    from livedeid.train import train
+
+    cfg2 = dict(cfg)
+    r2 = train(cfg2, progress=False)
+    assert r2["steps"] == 16
+
+
+def test_unknown_setting_is_refused():
+    from livedeid.errors import UserError
+    from livedeid.train import load_config
+
+    with pytest.raises(UserError, match="unknown training setting"):
+        load_config(None, ["lossss.alpha=1"])
+
+
+def test_trained_weights_export_with_onnx_parity(short_run, tmp_path):
+    from livedeid.export import export_model
+    from livedeid.model import load_spec
+
+    _, result = short_run
+    lines = list(export_model(weights=Path(result["weights"]), out_dir=tmp_path, trained=True, notes="test"))
+    parity = [line for line in lines if "parity" in line][0]
+    assert float(parity.rsplit(" ", 1)[1]) <= 1e-4
+    spec = load_spec(tmp_path / "deid.json")
+    assert spec.trained and spec.onnx_path.is_file()
