@@ -30,6 +30,7 @@ setup: $(VENV)/.core-installed
 setup-dev: $(VENV)/.dev-installed
 
 demo: setup
+	mkdir -p out
 	$(BIN)/livedeid demo --out out/demo.mp4 --report out/demo_hr.json
 
 test: setup-dev
