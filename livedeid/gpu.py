@@ -52,6 +52,7 @@ import cv2
 import numpy as np
 
 from .composite import apply_protection, oval_mask
+from .window import FaceWindows
 from .engines import Engine, EngineUnavailable, TensorRTEngine, TorchEngine
 from .errors import UserError
 from .frames import FaceTrack, Frame
@@ -94,43 +95,12 @@ def sample_grid(coef, out_hw: tuple[int, int]):
     return torch.stack([gx, gy], dim=-1)[None]
 
 
-class DeviceFaceWindows:
-    """:class:`livedeid.window.FaceWindows` on the device: per track id a (T, 3, S, S)
-    ring buffer; the first crop is repeated until T exist (causal, no raw warm-up)."""
+class DeviceFaceWindows(FaceWindows):
+    """:class:`livedeid.window.FaceWindows` holding torch tensors on the device:
+    ``push(track_id, crop)`` takes a (3, S, S) device tensor."""
 
-    def __init__(self, window: int, crop_size: int):
-        self.window = window
-        self.crop_size = crop_size
-        self._buffers: dict = {}
-        self._heads: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._buffers)
-
-    def push(self, track_id: int, crop):
-        """Add ``crop`` (3, S, S) and return the window (T, 3, S, S), oldest first."""
-        import torch
-
-        buf = self._buffers.get(track_id)
-        if buf is None:
-            buf = crop[None].repeat(self.window, 1, 1, 1)
-            self._buffers[track_id] = buf
-            self._heads[track_id] = 0
-        else:
-            head = (self._heads[track_id] + 1) % self.window
-            buf[head] = crop
-            self._heads[track_id] = head
-        # oldest first: the slot after the head is the oldest
-        return torch.roll(buf, -(self._heads[track_id] + 1), dims=0)
-
-    def reset(self, track_id: int) -> None:
-        self._buffers.pop(track_id, None)
-        self._heads.pop(track_id, None)
-
-    def retain(self, track_ids: set[int]) -> None:
-        for tid in list(self._buffers):
-            if tid not in track_ids:
-                self.reset(tid)
+    def push(self, track_id: int, crop):  # type: ignore[override]
+        return self.push_crop(track_id, crop)
 
 
 class _Clock:

@@ -38,18 +38,22 @@ class FaceWindows:
         float32 (T, 3, S, S), oldest first."""
         crop = extract_crop(image_bgr, face.to_crop, self.crop_size)
         face.crop = crop
-        buf = self._buffers.get(face.track_id)
+        return self.push_crop(face.track_id, crop)
+
+    def push_crop(self, track_id: int, crop):
+        """Add a (3, S, S) crop — a numpy array, or a torch tensor on any device (the GPU
+        path keeps its windows there) — and return the window (T, 3, S, S), oldest first."""
+        buf = self._buffers.get(track_id)
         if buf is None:
-            buf = np.repeat(crop[None], self.window, axis=0)
-            self._buffers[face.track_id] = buf
-            self._heads[face.track_id] = 0
+            buf = crop[None][[0] * self.window]  # fancy indexing copies, in numpy and torch
+            self._buffers[track_id] = buf
+            self._heads[track_id] = 0
         else:
-            head = (self._heads[face.track_id] + 1) % self.window
+            head = (self._heads[track_id] + 1) % self.window
             buf[head] = crop
-            self._heads[face.track_id] = head
-        head = self._heads[face.track_id]
-        order = (np.arange(1, self.window + 1) + head) % self.window
-        return buf[order]
+            self._heads[track_id] = head
+        head = self._heads[track_id]
+        return buf[[(head + k) % self.window for k in range(1, self.window + 1)]]
 
     def reset(self, track_id: int) -> None:
         self._buffers.pop(track_id, None)
