@@ -129,14 +129,8 @@ class CameraSource(Source):
         self._cap = cv2.VideoCapture(device)
         if not self._cap.isOpened():
             raise UserError(f"camera {device} is not available (see `livedeid doctor` for the cameras found)")
-        if mjpg:
-            self._cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
-        if width:
-            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
-        if height:
-            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
-        if fps:
-            self._cap.set(cv2.CAP_PROP_FPS, fps)
+        self._settings = (width, height, fps, mjpg)
+        self._configure()
         ok, first = self._cap.read()
         if not ok or first is None:
             self._cap.release()
@@ -146,6 +140,30 @@ class CameraSource(Source):
         reported = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(reported) if reported and math.isfinite(reported) and reported > 0 else (fps or 30.0)
         self._index = 0
+
+    def _configure(self) -> None:
+        width, height, fps, mjpg = self._settings
+        if mjpg:
+            self._cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        if width:
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        if height:
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        if fps:
+            self._cap.set(cv2.CAP_PROP_FPS, fps)
+
+    def reopen(self) -> None:
+        """Open the device again after it failed (unplugged and plugged back); raises
+        :class:`CameraLost` while it is still unavailable or has another frame size."""
+        self._cap.release()
+        self._cap = cv2.VideoCapture(self.device)
+        if not self._cap.isOpened():
+            raise CameraLost(f"camera {self.device} is still unavailable")
+        self._configure()
+        ok, first = self._cap.read()
+        if not ok or first is None or (first.shape[1], first.shape[0]) != self.size:
+            raise CameraLost(f"camera {self.device} is not delivering {self.size[0]}x{self.size[1]} frames yet")
+        self._pending = first
 
     def read(self) -> Frame | None:
         if self._pending is not None:
@@ -287,12 +305,15 @@ class CaptureThread(threading.Thread):
     """Reads a source into a bounded queue. Live: when the queue is full the oldest frame
     is dropped (and counted) so latency stays bounded. Files: the reader waits."""
 
-    def __init__(self, source: Source, maxsize: int = 4):
+    def __init__(self, source: Source, maxsize: int = 4, backoff_s: tuple[float, float] = (0.5, 5.0)):
         super().__init__(name="livedeid-capture", daemon=True)
         self.source = source
         self.frames: queue.Queue = queue.Queue(maxsize=maxsize)
         self.dropped = 0
         self.error: BaseException | None = None
+        self.status = "ok"
+        self.reconnects = 0
+        self.backoff_s = backoff_s
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -301,7 +322,13 @@ class CaptureThread(threading.Thread):
     def run(self) -> None:
         try:
             while not self._halt.is_set():
-                frame = self.source.read()
+                try:
+                    frame = self.source.read()
+                except CameraLost as exc:
+                    if not hasattr(self.source, "reopen"):
+                        raise
+                    self._reconnect(exc)
+                    continue
                 if frame is None:
                     break
                 self._put(frame)
@@ -309,6 +336,24 @@ class CaptureThread(threading.Thread):
             self.error = exc
         finally:
             self._put(None, final=True)
+
+    def _reconnect(self, why: BaseException) -> None:
+        """Retry a lost camera with exponential back-off until it returns or we are
+        stopped; the sink side keeps the virtual camera fed meanwhile."""
+        delay, longest = self.backoff_s
+        while not self._halt.is_set():
+            self.status = f"{why}; reconnecting in {delay:.1f} s"
+            if self._halt.wait(delay):
+                return
+            try:
+                self.source.reopen()
+            except CameraLost as exc:
+                why = exc
+                delay = min(longest, delay * 2)
+                continue
+            self.reconnects += 1
+            self.status = "ok"
+            return
 
     def _put(self, item, final: bool = False) -> None:
         if self.source.is_live and not final:

@@ -185,7 +185,9 @@ def cmd_run(args) -> int:
             last[0] = time.monotonic()
             r = processor.hr.reading
             hr = f"{r.bpm:.0f} bpm ({r.quality})" if r and r.bpm else "HR --"
-            print(f"\r{pipeline.stats.fps:5.1f} fps  faces {len(frame.faces)}  {hr}   ", end="", file=sys.stderr)
+            cam = "" if pipeline.capture_status == "ok" else f"  [{pipeline.capture_status}]"
+            print(f"\r{pipeline.stats.fps:5.1f} fps  faces {len(frame.faces)}  {hr}{cam}   ", end="",
+                  file=sys.stderr)
 
     pipeline.listeners.append(status)
     if args.duration:

@@ -136,3 +136,16 @@ def draw_hr_overlay(out: np.ndarray, bpm: float | None, quality: str) -> None:
     org = (int(12 * scale), int(34 * scale))
     cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, (0, 0, 0), int(4 * scale), cv2.LINE_AA)
     cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, (255, 255, 255), int(2 * scale), cv2.LINE_AA)
+
+
+def privacy_placeholder(size: tuple[int, int], message: str) -> np.ndarray:
+    """A frame with no camera content at all (dark, one line of text), sent while the
+    camera is unavailable so video-call apps keep the device instead of dropping it."""
+    w, h = size
+    out = np.full((h, w, 3), 32, np.uint8)
+    scale = max(0.4, h / 720.0)
+    (tw, th), _ = cv2.getTextSize(message, cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, max(1, int(2 * scale)))
+    org = (max(4, (w - tw) // 2), (h + th) // 2)
+    cv2.putText(out, message, org, cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, (200, 200, 200),
+                max(1, int(2 * scale)), cv2.LINE_AA)
+    return out

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .capture import CaptureThread, Source
-from .composite import FAIL_CLOSED_POLICIES, apply_protection, draw_hr_overlay, hidden_box, hide_region
+from .composite import (FAIL_CLOSED_POLICIES, apply_protection, draw_hr_overlay, hidden_box, hide_region,
+                        privacy_placeholder)
 from .engines import Engine, create_engine, fallback_engine
 from .errors import UserError
 from .frames import FaceTrack, Frame
@@ -298,10 +299,17 @@ class Pipeline:
         self._sink_thread = threading.Thread(target=self._sink_loop, name="livedeid-sinks", daemon=True)
         self._frames_in = 0
         self._frames_out = 0
+        self.keepalive_s = 0.5
+        self.placeholders_sent = 0
 
     def stop(self) -> None:
         self._stop.set()
         self._capture.stop()
+
+    @property
+    def capture_status(self) -> str:
+        """"ok", or why the camera is unavailable and when it is retried."""
+        return self._capture.status
 
     @property
     def running(self) -> bool:
@@ -345,8 +353,12 @@ class Pipeline:
             self._close_sinks(ok and self._sink_error is None)
         if self._sink_error is not None:
             raise self._sink_error
+        events = list(self.processor.events)
+        if self._capture.reconnects or self.placeholders_sent:
+            events.append(f"camera reconnected {self._capture.reconnects} time(s); "
+                          f"{self.placeholders_sent} placeholder frame(s) sent meanwhile")
         return RunResult(self._frames_in, self._frames_out, self.stats.summary(), self.hr_readings,
-                         self.processor.engine.describe(), list(self.processor.events))
+                         self.processor.engine.describe(), events)
 
     def _deliver(self, frame: Frame, last_hr_t: float) -> float:
         """Stats, HR history, sinks and listeners for one finished frame."""
@@ -383,18 +395,40 @@ class Pipeline:
                 continue
 
     def _sink_loop(self) -> None:
+        # Live: if no frame comes for ``keepalive_s`` (camera lost and reconnecting, or a
+        # stall), send a placeholder with no camera content at the camera rate, so the
+        # call app keeps the virtual camera instead of dropping it. Never raw pixels.
+        live = self.source.is_live
+        period = 1.0 / max(1.0, self.source.fps)
+        placeholder = None
+        last_frame = time.monotonic()
         while True:
-            frame = self._out.get()
+            try:
+                frame = self._out.get(timeout=period if live else None)
+            except queue.Empty:
+                if time.monotonic() - last_frame < self.keepalive_s or self._sink_error is not None:
+                    continue
+                if placeholder is None:
+                    placeholder = privacy_placeholder(self.source.size, "livedeid: camera unavailable, reconnecting")
+                if self._send(placeholder):  # the get() timeout paces these at the camera rate
+                    self.placeholders_sent += 1
+                continue
             if frame is None:
                 return
             if self._sink_error is not None:
                 continue  # drain so the producer never blocks
-            try:
-                for sink in self.sinks:
-                    sink.send(frame.output)
+            if self._send(frame.output):
                 self._frames_out += 1
-            except BaseException as exc:
-                self._sink_error = exc
+            last_frame = time.monotonic()
+
+    def _send(self, image: np.ndarray) -> bool:
+        try:
+            for sink in self.sinks:
+                sink.send(image)
+            return True
+        except BaseException as exc:
+            self._sink_error = exc
+            return False
 
     def _close_sinks(self, success: bool) -> None:
         errors = []
