@@ -1,4 +1,4 @@
-"""Command line: ``livedeid demo | run | process | monitor | doctor | export``.
+"""Command line: ``livedeid demo | run | process | monitor | doctor | gui | eval | train | export | bench``.
 
 User errors (bad path, no camera, bad config, missing device) print one line
 ``livedeid: error: ...`` and exit with status 2; nothing partial is left behind.
