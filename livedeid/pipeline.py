@@ -110,14 +110,6 @@ class StageStats:
             "latency_ms": {s: {"p50": round(a, 2), "p95": round(b, 2)} for s, (a, b) in self.percentiles().items()},
         }
 
-    def table(self) -> str:
-        rows = [f"{'stage':<10} {'p50 ms':>8} {'p95 ms':>8}"]
-        for s, (p50, p95) in self.percentiles().items():
-            rows.append(f"{s:<10} {p50:8.2f} {p95:8.2f}")
-        rows.append(f"fps {self.fps:.1f}, frames {self.frames}, dropped {self.dropped}, "
-                    f"face-frames hidden by fail-closed policy {self.hidden_faces}")
-        return "\n".join(rows)
-
 
 class FrameProcessor:
     """One frame in, one composited frame out. Owns the tracker, windows, engine and HR."""
@@ -300,6 +292,7 @@ class Pipeline:
         self._frames_in = 0
         self._frames_out = 0
         self.keepalive_s = 0.5
+        self._sink_dropped = 0
         self.placeholders_sent = 0
 
     def stop(self) -> None:
@@ -362,7 +355,7 @@ class Pipeline:
 
     def _deliver(self, frame: Frame, last_hr_t: float) -> float:
         """Stats, HR history, sinks and listeners for one finished frame."""
-        self.stats.dropped = self._capture.dropped
+        self.stats.dropped = self._capture.dropped + self._sink_dropped  # both queues drop oldest
         self.stats.record(frame)
         reading = self.processor.hr.reading
         if reading is not None and reading.timestamp != last_hr_t:
@@ -384,7 +377,7 @@ class Pipeline:
                 except queue.Full:
                     try:
                         self._out.get_nowait()
-                        self.stats.dropped += 1
+                        self._sink_dropped += 1
                     except queue.Empty:
                         pass
         while self._sink_error is None:
