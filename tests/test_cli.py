@@ -253,3 +253,32 @@ def test_monitor_heart_rate_on_pulse_clips_of_six_real_faces(tmp_path, capsys):
     mae = float(np.mean(errors))
     print(f"monitor MAE over 6 clips: {mae:.2f} bpm")
     assert mae <= 1.5
+
+
+def _write_ffv1(path, pix_fmt, size, n=20):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=30)
+        s.width, s.height, s.pix_fmt = size[0], size[1], pix_fmt
+        for i in range(n):
+            img = np.full((size[1], size[0], 3), (i * 9) % 255, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+
+
+@pytest.mark.parametrize("pix_fmt", ["gray", "gray16le"])
+def test_greyscale_and_16_bit_videos_are_processed_frame_exact(tmp_path, pix_fmt):
+    src = tmp_path / f"in_{pix_fmt}.mkv"
+    _write_ffv1(src, pix_fmt, (64, 48))
+    rc, _, err = run_cli("process", src, tmp_path / "out.mkv", "-q")
+    assert rc == 0, err
+    assert video_info(tmp_path / "out.mkv")[:3] == video_info(src)[:3]
+
+
+def test_one_pixel_video_is_refused(tmp_path):
+    src = tmp_path / "tiny.mkv"
+    _write_ffv1(src, "bgr0", (1, 1))
+    rc, _, err = run_cli("process", src, tmp_path / "out.mkv")
+    assert_one_line_error(rc, err, "too small (1x1)")
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.mkv"]
