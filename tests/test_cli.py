@@ -30,11 +30,11 @@ def assert_one_line_error(rc, err, pattern):
     assert "Traceback" not in err
 
 
-def write_video(path, n=30, size=(64, 48), faststart=False):
+def write_video(path, n=30, size=(64, 48), faststart=False, codec="libx264", pix_fmt="yuv420p"):
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as c:
-        s = c.add_stream("libx264", rate=30)
-        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        s = c.add_stream(codec, rate=30)
+        s.width, s.height, s.pix_fmt = size[0], size[1], pix_fmt
         for i in range(n):
             img = np.full((size[1], size[0], 3), (i * 8) % 255, np.uint8)
             for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
@@ -255,22 +255,10 @@ def test_monitor_heart_rate_on_pulse_clips_of_six_real_faces(tmp_path, capsys):
     assert mae <= 1.5
 
 
-def _write_ffv1(path, pix_fmt, size, n=20):
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("ffv1", rate=30)
-        s.width, s.height, s.pix_fmt = size[0], size[1], pix_fmt
-        for i in range(n):
-            img = np.full((size[1], size[0], 3), (i * 9) % 255, np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-
-
 @pytest.mark.parametrize("pix_fmt", ["gray", "gray16le"])
 def test_greyscale_and_16_bit_videos_are_processed_frame_exact(tmp_path, pix_fmt):
     src = tmp_path / f"in_{pix_fmt}.mkv"
-    _write_ffv1(src, pix_fmt, (64, 48))
+    write_video(src, n=20, codec="ffv1", pix_fmt=pix_fmt)
     rc, _, err = run_cli("process", src, tmp_path / "out.mkv", "-q")
     assert rc == 0, err
     assert video_info(tmp_path / "out.mkv")[:3] == video_info(src)[:3]
@@ -278,7 +266,7 @@ def test_greyscale_and_16_bit_videos_are_processed_frame_exact(tmp_path, pix_fmt
 
 def test_one_pixel_video_is_refused(tmp_path):
     src = tmp_path / "tiny.mkv"
-    _write_ffv1(src, "bgr0", (1, 1))
+    write_video(src, n=20, size=(1, 1), codec="ffv1", pix_fmt="bgr0")
     rc, _, err = run_cli("process", src, tmp_path / "out.mkv")
     assert_one_line_error(rc, err, "too small (1x1)")
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.mkv"]

@@ -53,17 +53,23 @@ def cpu_engine(spec):
 
 
 def _compare(ref_proc, dev_proc, face, n=5):
-    """Run both processors on the same real frames; return per-frame (mean |diff| inside
-    the face masks, max |diff| inside, max |diff| outside, pixels changed by protection)."""
+    """Run both processors on the same real frames, then close them; return per-frame
+    (mean |diff| inside the face masks, max |diff| inside, max |diff| outside, pixels
+    changed by protection)."""
     rows = []
-    for i in range(n):
-        img = _scene(face, i)
-        a = ref_proc.process(Frame(img.copy(), i, i / 30))
-        b = dev_proc.process(Frame(img.copy(), i, i / 30))
-        assert len(a.faces) == len(b.faces) == 1
-        inside = _face_masks(a)
-        d = np.abs(a.output.astype(int) - b.output.astype(int))
-        rows.append((d[inside].mean(), d[inside].max(), d[~inside].max(), int((b.output != img).any(axis=2).sum())))
+    try:
+        for i in range(n):
+            img = _scene(face, i)
+            a = ref_proc.process(Frame(img.copy(), i, i / 30))
+            b = dev_proc.process(Frame(img.copy(), i, i / 30))
+            assert len(a.faces) == len(b.faces) == 1
+            inside = _face_masks(a)
+            d = np.abs(a.output.astype(int) - b.output.astype(int))
+            rows.append((d[inside].mean(), d[inside].max(), d[~inside].max(),
+                         int((b.output != img).any(axis=2).sum())))
+    finally:
+        ref_proc.close()
+        dev_proc.close()
     return rows
 
 
@@ -110,11 +116,7 @@ def test_device_windows_are_causal_ring_buffers():
 def test_device_path_on_cpu_matches_numpy_pipeline(astronaut_bgr, spec, cpu_engine):
     ref = FrameProcessor(PipelineConfig(engine="onnxruntime"), spec, cpu_engine)
     dev = TorchFrameProcessor(PipelineConfig(), spec, cpu_engine, device="cpu")
-    try:
-        rows = _compare(ref, dev, astronaut_bgr)
-    finally:
-        ref.close()
-        dev.close()
+    rows = _compare(ref, dev, astronaut_bgr)
     for mean_in, max_in, max_out, changed in rows:
         assert changed > 1000          # the face really went through the engine and composite
         assert max_out == 0            # outside the face masks: bit-identical
@@ -288,11 +290,7 @@ def test_onnxruntime_cuda_close_to_cpu(spec, windows):
 def test_frame_processor_on_cuda_matches_cpu(astronaut_bgr, spec, cpu_engine):
     ref = FrameProcessor(PipelineConfig(engine="onnxruntime"), spec, cpu_engine)
     dev = TorchFrameProcessor(PipelineConfig(), spec, TorchEngine(spec, "cuda", cuda_graphs=True), device="cuda")
-    try:
-        rows = _compare(ref, dev, astronaut_bgr)
-    finally:
-        ref.close()
-        dev.close()
+    rows = _compare(ref, dev, astronaut_bgr)
     for mean_in, max_in, max_out, changed in rows:
         assert changed > 1000 and max_out == 0 and mean_in <= 1.0 and max_in <= 2
 
@@ -335,10 +333,6 @@ def test_tensorrt_engine_and_frame_path(astronaut_bgr, spec, windows, cpu_engine
     assert np.abs(y.float().cpu().numpy() - ref).max() <= 2 / 255
     rp = FrameProcessor(PipelineConfig(engine="onnxruntime"), spec, cpu_engine)
     dev = TorchFrameProcessor(PipelineConfig(), spec, eng, device="cuda")
-    try:
-        rows = _compare(rp, dev, astronaut_bgr)
-    finally:
-        rp.close()
-        dev.close()
+    rows = _compare(rp, dev, astronaut_bgr)
     for mean_in, max_in, max_out, changed in rows:
         assert changed > 1000 and max_out == 0 and mean_in <= 1.0 and max_in <= 2
