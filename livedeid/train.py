@@ -44,6 +44,7 @@ DEFAULTS: dict = {
     "steps": 2000,
     "max_minutes": 0,            # stop early after this wall time (0 = no limit)
     "lr": 1e-3,
+    "pattern_lr": 0.02,          # Adam step for the model's universal pattern (pre-tanh units)
     "weight_decay": 1e-4,
     "warmup_steps": 50,
     "grad_clip": 1.0,
@@ -193,7 +194,13 @@ def train(cfg: dict, progress: bool = True) -> dict:
     mc = cfg["model"]
     window = int(mc["window"])
     model = DeidAutoencoder(window, float(mc["max_perturbation"]), int(mc["width"])).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # The universal pattern lives in pre-tanh units and is shared by every face: it wants a
+    # much larger step than the convolutions and no weight decay.
+    conv_params = [p for n, p in model.named_parameters() if n != "pattern"]
+    opt = torch.optim.AdamW([
+        {"params": conv_params, "lr_scale": 1.0},
+        {"params": [model.pattern], "lr_scale": float(cfg["pattern_lr"]) / float(cfg["lr"]), "weight_decay": 0.0},
+    ], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps, warm = int(cfg["steps"]), int(cfg["warmup_steps"])
     t0 = time.time()
     limit_s = float(cfg["max_minutes"]) * 60.0
@@ -234,7 +241,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
     for step in bar:
         rng = np.random.default_rng([cfg["seed"], step])  # resumable: batch = f(seed, step)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr_at(step) * g["lr_scale"]
 
         # 1) a batch of clips -> K causal windows each -> protected frames
         batch = sampler.sample(cfg["batch"], window + k_out - 1, rng)
