@@ -49,6 +49,11 @@ class Source:
         self.close()
 
 
+# 8K UHD (7680x4320) and DCI 8K (8192x4320) are the largest frames supported: H.264's
+# highest level stops there, and a few larger frames in the queues would exhaust memory.
+MAX_SIDE = 8192
+
+
 class FileSource(Source):
     """A video file decoded with PyAV (FFmpeg): every frame, in order, as BGR uint8.
 
@@ -69,9 +74,23 @@ class FileSource(Source):
         if self.path.stat().st_size == 0:
             raise UserError(f"input is empty (0 bytes): {self.path}")
         try:
-            self._container = av.open(str(self.path))
+            # FFmpeg replaces a declared frame rate of 0 or 0/0 with its 25 fps default and
+            # only says so in its log; a clip played or timed at a made-up rate would give
+            # wrong heart rates, so that log line is an error here.
+            previous_level = av.logging.get_level()
+            av.logging.set_level(av.logging.WARNING)
+            try:
+                with av.logging.Capture() as ffmpeg_log:
+                    self._container = av.open(str(self.path))
+            finally:
+                av.logging.set_level(previous_level)
         except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise UserError(f"cannot read video {self.path}: {_one_line(exc)}") from None
+        bad_rate = [msg for _, _, msg in ffmpeg_log if "rate is" in msg and "invalid" in msg]
+        if bad_rate:
+            self._container.close()
+            raise UserError(f"video {self.path} declares an invalid frame rate "
+                            f"({bad_rate[0].split('rate is', 1)[1].split('which')[0].strip()})")
         if not self._container.streams.video:
             self._container.close()
             raise UserError(f"no video stream in {self.path}")
@@ -88,6 +107,10 @@ class FileSource(Source):
         if self.size[0] < 2 or self.size[1] < 2:
             self._container.close()
             raise UserError(f"video {self.path} is too small ({self.size[0]}x{self.size[1]})")
+        if max(self.size) > MAX_SIDE:
+            self._container.close()
+            raise UserError(f"video {self.path} is too large ({self.size[0]}x{self.size[1]}; "
+                            f"frames up to {MAX_SIDE} px on a side are supported)")
         self.frame_count = self._stream.frames or None
         self.has_audio = bool(self._container.streams.audio)
         self._frames = self._container.decode(self._stream)
@@ -111,6 +134,13 @@ class FileSource(Source):
         frame = Frame(image=image, index=self._index, timestamp=t)
         self._index += 1
         return frame
+
+    def skip(self, count: int) -> None:
+        """Decode and drop the next ``count`` frames (``process --resume``): exact, unlike a
+        keyframe seek."""
+        for _ in range(count):
+            if self.read() is None:
+                raise UserError(f"video {self.path} has fewer frames than the run being resumed")
 
     def close(self) -> None:
         self._container.close()

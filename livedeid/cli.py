@@ -33,23 +33,45 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     from .composite import FAIL_CLOSED_POLICIES
     from .engines import ENGINE_NAMES
 
-    p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
+    # Defaults are None so that a value given on the command line can be told apart from
+    # one to take from --config (or, failing that, from PipelineConfig's defaults).
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="pipeline settings as JSON or TOML (keys as PipelineConfig: engine, model, fail_closed, "
+                        "max_faces, min_confidence, hr_method, hr_window_s, hr_overlay, detect_long_side); "
+                        "options given here win")
+    p.add_argument("--engine", choices=ENGINE_NAMES, default=None,
                    help="inference backend (default: auto = TensorRT > torch CUDA > ONNX Runtime)")
     p.add_argument("--model", type=Path, default=None, metavar="MANIFEST",
                    help="model manifest JSON (default: the shipped engines/deid.json)")
-    p.add_argument("--fail-closed", choices=FAIL_CLOSED_POLICIES, default="blur",
+    p.add_argument("--fail-closed", choices=FAIL_CLOSED_POLICIES, default=None,
                    help="what to show for a face that is lost or uncertain (default: blur)")
-    p.add_argument("--max-faces", type=int, default=4, help="faces tracked and protected, 1..4 (default 4)")
-    p.add_argument("--hr-method", choices=("pos", "chrom", "green"), default="pos",
+    p.add_argument("--max-faces", type=int, default=None, help="faces tracked and protected, 1..4 (default 4)")
+    p.add_argument("--hr-method", choices=("pos", "chrom", "green"), default=None,
                    help="rPPG method for the heart rate (default: pos)")
-    p.add_argument("--hr-overlay", action="store_true", help="burn the live heart rate into the output")
+    p.add_argument("--hr-overlay", action="store_true", default=None, help="burn the live heart rate into the output")
+
+
+_CLI_CONFIG_FIELDS = {"engine": "engine", "model": "manifest", "fail_closed": "fail_closed",
+                      "max_faces": "max_faces", "hr_method": "hr_method", "hr_overlay": "hr_overlay"}
+
+
+def _resolve_pipeline_options(args) -> None:
+    """Fill the pipeline options: command line > --config file > PipelineConfig defaults.
+    Afterwards every command reads plain values from ``args`` and ``_config(args)``."""
+    from .pipeline import PipelineConfig, load_pipeline_config
+
+    config = load_pipeline_config(args.config) if args.config else PipelineConfig()
+    for arg, field_name in _CLI_CONFIG_FIELDS.items():
+        if getattr(args, arg) is None:
+            setattr(args, arg, getattr(config, field_name))
+        else:
+            setattr(config, field_name, getattr(args, arg))
+    config.validate()
+    args.pipeline_config = config
 
 
 def _config(args) -> "PipelineConfig":
-    from .pipeline import PipelineConfig
-
-    return PipelineConfig(engine=args.engine, manifest=args.model, fail_closed=args.fail_closed,
-                          max_faces=args.max_faces, hr_method=args.hr_method, hr_overlay=args.hr_overlay)
+    return args.pipeline_config
 
 
 def _processor(args):
@@ -124,7 +146,7 @@ def cmd_demo(args) -> int:
 def cmd_process(args) -> int:
     from .capture import FileSource
     from .pipeline import Pipeline, TraceRecorder
-    from .sinks import FileSink
+    from .sinks import FileSink, ResumableFileSink
 
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise UserError("output must differ from input")
@@ -133,24 +155,53 @@ def cmd_process(args) -> int:
         _check_output_path(args.report)
     source = FileSource(args.input)
     proc = _processor(args)
+    audio = None if args.no_audio or not source.has_audio else args.input
     try:
-        sink = FileSink(args.output, *source.size, rate=source.rate, codec=args.codec,
-                        audio_from=None if args.no_audio or not source.has_audio else args.input)
+        if args.resume:
+            if args.segment_seconds <= 0:
+                raise UserError("--segment-seconds must be positive")
+            stat = Path(args.input).stat()
+            config = _config(args)
+            fingerprint = {"input": str(Path(args.input).resolve()), "bytes": stat.st_size,
+                           "mtime_ns": stat.st_mtime_ns, "model_sha256": proc.spec.onnx_sha256,
+                           "fail_closed": config.fail_closed, "max_faces": config.max_faces,
+                           "hr_overlay": config.hr_overlay}
+            sink = ResumableFileSink(args.output, *source.size, rate=source.rate, codec=args.codec,
+                                     audio_from=audio, fingerprint=fingerprint,
+                                     segment_frames=max(1, round(args.segment_seconds * source.fps)))
+            if sink.frames_done:
+                print(f"resuming after frame {sink.frames_done} ({len(sink.state['segments'])} finished "
+                      f"segments in {sink.work})", file=sys.stderr)
+                source.skip(sink.frames_done)
+        else:
+            sink = FileSink(args.output, *source.size, rate=source.rate, codec=args.codec, audio_from=audio)
     except BaseException:
         source.close()
         raise
     recorder = TraceRecorder() if args.report else None
     pipeline = Pipeline(source, proc, [sink], [recorder] if recorder else [])
-    result = _run_with_progress(pipeline, source.frame_count, args.quiet)
+    done_before = sink.frames_done if args.resume else 0
+    total = source.frame_count - done_before if source.frame_count else None
+    try:
+        result = _run_with_progress(pipeline, total, args.quiet)
+    except (UserError, KeyboardInterrupt) as exc:
+        if args.resume and sink.frames_done:
+            hint = f"{sink.frames_done} frames kept in {sink.work}; run the same command again to continue"
+            if isinstance(exc, KeyboardInterrupt):
+                print(f"livedeid: {hint}", file=sys.stderr)
+                raise
+            raise UserError(f"{exc} ({hint})") from None
+        raise
     _print_stats(result)
     if args.report:
         readings = [{"t": round(r.timestamp, 3), "bpm": None if r.bpm is None else round(r.bpm, 2),
                      "snr_db": round(r.snr_db, 2), "quality": r.quality} for r in result.hr_readings]
         hrs = recorder.heart_rates(args.hr_method)
         _write_json(args.report, {"input": str(args.input), "output": str(args.output),
-                                  "frames": result.frames_out, "clip_hr": hrs, "live_hr": readings,
+                                  "frames": result.frames_out + done_before, "resumed_after_frame": done_before,
+                                  "clip_hr": hrs, "live_hr": readings,
                                   "engine": result.engine, "stats": result.stats})
-    print(f"wrote {args.output} ({result.frames_out} frames)")
+    print(f"wrote {args.output} ({result.frames_out + done_before} frames)")
     return 0
 
 
@@ -339,13 +390,14 @@ def cmd_gui(args) -> int:
     from .model import load_spec
     from .panel.workers import PatientSettings
 
-    _config(args).validate()
+    config = _config(args)
     load_spec(args.model)  # a bad manifest is a one-line error here, not a banner later
     settings = PatientSettings(
-        source=args.camera, width=args.width, height=args.height, fps=args.fps, engine=args.engine,
-        fail_closed=args.fail_closed, manifest=args.model, max_faces=args.max_faces, hr_method=args.hr_method,
-        hr_overlay=args.hr_overlay, virtual_camera=not args.no_virtual_camera, vcam_backend=args.backend,
-        vcam_device=args.device)
+        source=args.camera, width=args.width, height=args.height, fps=args.fps, engine=config.engine,
+        fail_closed=config.fail_closed, manifest=config.manifest, max_faces=config.max_faces,
+        hr_method=config.hr_method, hr_overlay=config.hr_overlay, min_confidence=config.min_confidence,
+        hr_window_s=config.hr_window_s, detect_long_side=config.detect_long_side,
+        virtual_camera=not args.no_virtual_camera, vcam_backend=args.backend, vcam_device=args.device)
     return run_panel(settings, mode="monitor" if args.monitor else "patient", monitor_source=args.monitor,
                      theme=args.theme, privacy_meter=not args.no_privacy_meter)
 
@@ -447,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="h264 (CRF 17, default), lossless (x264 RGB QP 0) or ffv1 (use .mkv)")
     pr.add_argument("--no-audio", action="store_true", help="drop the audio track")
     pr.add_argument("--report", type=Path, default=None, help="write an HR report (JSON) of the output")
+    pr.add_argument("--resume", action="store_true",
+                    help="write the output in finished segments kept in a hidden folder beside it, so a run "
+                         "stopped by a full disk, Ctrl+C or a crash continues where it stopped when the same "
+                         "command is run again with --resume")
+    pr.add_argument("--segment-seconds", type=float, default=5.0,
+                    help="with --resume: length of one segment, the most work a stop can lose (default 5 s)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_pipeline_options(pr)
     pr.set_defaults(func=cmd_process)
@@ -569,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:  # no command: open the window, the everyday entry point
         args = parser.parse_args([*(["--verbose"] if args.verbose else []), "gui"])
     try:
+        if hasattr(args, "fail_closed"):
+            _resolve_pipeline_options(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"livedeid: error: {exc}", file=sys.stderr)

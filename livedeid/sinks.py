@@ -86,12 +86,34 @@ CODECS = {
 }
 
 
+def container_format(path: Path) -> str | None:
+    return {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}.get(path.suffix.lower())
+
+
+def temp_file_beside(path: Path) -> Path:
+    """An empty hidden ``.partial`` file in ``path``'s folder, to be renamed onto ``path``
+    once complete (same filesystem, so the rename is atomic)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix or '.mp4'}", dir=parent)
+    except OSError as exc:
+        raise UserError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+    os.close(fd)
+    # mkstemp makes the file private (0600); the finished video gets the permissions any
+    # new file of this user gets.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
 class FileSink(Sink):
     """Frame-exact video file writer (PyAV): one output frame per input frame, the input's
     frame rate as the time base, and the audio track copied from ``audio_from``."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, rate: Fraction | float,
-                 codec: str = "h264", audio_from: str | os.PathLike | None = None):
+                 codec: str = "h264", audio_from: str | os.PathLike | None = None,
+                 extra_options: dict[str, str] | None = None):
         import av
 
         self.path = Path(path)
@@ -107,17 +129,12 @@ class FileSink(Sink):
             codec = "lossless"  # yuv420p needs even sizes; keep every pixel instead of cropping
         self.rate = Fraction(rate).limit_denominator(100000)
         self.audio_from = Path(audio_from) if audio_from else None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.",
-                                       suffix=f".partial{self.path.suffix or '.mp4'}", dir=parent)
-        except OSError as exc:
-            raise UserError(f"cannot write to {parent}: {exc.strerror or exc}") from None
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_file_beside(self.path)
         name, pix_fmt, options = CODECS[codec]
         try:
             self._container = av.open(str(self._tmp), mode="w", format=self._format())
-            self._stream = self._container.add_stream(name, rate=self.rate, options=dict(options))
+            self._stream = self._container.add_stream(name, rate=self.rate,
+                                                      options={**options, **(extra_options or {})})
         except (av.error.FFmpegError, ValueError) as exc:
             self._tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write {self.path}: {str(exc).splitlines()[0]}") from None
@@ -127,7 +144,7 @@ class FileSink(Sink):
         self._closed = False
 
     def _format(self) -> str | None:
-        return {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}.get(self.path.suffix.lower())
+        return container_format(self.path)
 
     def send(self, image: np.ndarray) -> None:
         import av
@@ -177,28 +194,169 @@ class FileSink(Sink):
 
     def _add_audio(self) -> None:
         """Remux: our video packets + the source's audio packets (copied, not re-encoded)."""
-        import av
+        muxed = self._tmp.with_name(self._tmp.name + ".av" + self._tmp.suffix)
+        try:
+            join_video(muxed, [self._tmp], self._format(), self.audio_from)
+            muxed.replace(self._tmp)
+        finally:
+            muxed.unlink(missing_ok=True)
 
-        with av.open(str(self.audio_from)) as src:
-            if not src.streams.audio:
-                return
-            muxed = self._tmp.with_name(self._tmp.name + ".av" + self._tmp.suffix)
-            try:
-                with av.open(str(self._tmp)) as vid, av.open(str(muxed), "w", format=self._format()) as out:
-                    v_in = vid.streams.video[0]
+
+def join_video(out_path: Path, parts: list[Path], container_format: str | None,
+               audio_from: Path | None = None) -> None:
+    """Stream-copy the video of ``parts`` one after another (timestamps shifted so each part
+    starts where the previous one ended) plus the audio of ``audio_from`` into ``out_path``.
+    Parts must share codec settings and must not reorder frames across their ends (no
+    B-frames), so their decode timestamps stay increasing."""
+    import av
+
+    with av.open(str(out_path), "w", format=container_format) as out:
+        v_out = a_in = a_out = src = None
+        try:
+            if audio_from is not None:
+                src = av.open(str(audio_from))
+                if src.streams.audio:
                     a_in = src.streams.audio[0]
-                    v_out = out.add_stream_from_template(v_in)
-                    a_out = out.add_stream_from_template(a_in)
+            offset = Fraction(0)  # seconds
+            for part in parts:
+                with av.open(str(part)) as vid:
+                    v_in = vid.streams.video[0]
+                    if v_out is None:
+                        v_out = out.add_stream_from_template(v_in)
+                        if a_in is not None:
+                            a_out = out.add_stream_from_template(a_in)
+                    shift = int(round(offset / v_in.time_base))
+                    rate = v_in.average_rate or v_in.guessed_rate
+                    frame_ticks = int(round(1 / (rate * v_in.time_base)))
+                    end = offset
                     for packet in vid.demux(v_in):
                         if packet.dts is None:
                             continue
+                        end = max(end, offset + (packet.pts + (packet.duration or frame_ticks)) * v_in.time_base)
+                        packet.pts += shift
+                        packet.dts += shift
                         packet.stream = v_out
                         out.mux(packet)
-                    for packet in src.demux(a_in):
-                        if packet.dts is None:
-                            continue
-                        packet.stream = a_out
-                        out.mux(packet)
-                muxed.replace(self._tmp)
-            finally:
-                muxed.unlink(missing_ok=True)
+                    offset = end
+            if a_out is not None:
+                for packet in src.demux(a_in):
+                    if packet.dts is None:
+                        continue
+                    packet.stream = a_out
+                    out.mux(packet)
+        finally:
+            if src is not None:
+                src.close()
+
+
+class ResumableFileSink(Sink):
+    """``process --resume``: the output is written as finished segments of a few seconds in a
+    hidden folder beside it (``.NAME.resume/``, with a ``state.json``), so a run stopped by a
+    full disk, Ctrl+C or a crash keeps every finished segment. Run again with ``--resume`` and
+    the same input and settings, it continues after the last finished segment. ``close()``
+    joins the segments (stream copy) and the input's audio into the output atomically and
+    deletes the folder. Segments are encoded without B-frames so they join seamlessly."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, rate: Fraction | float,
+                 codec: str = "h264", audio_from: str | os.PathLike | None = None,
+                 fingerprint: dict | None = None, segment_frames: int = 150):
+        import json
+
+        self.path = Path(path)
+        self.description = f"file {self.path} (resumable)"
+        if codec not in CODECS:
+            raise UserError(f"unknown codec '{codec}' (choose from {', '.join(CODECS)})")
+        if segment_frames < 1:
+            raise UserError("resume segments must hold at least one frame")
+        self.work = self.path.with_name(f".{self.path.name}.resume")
+        self.size, self.rate = (width, height), Fraction(rate).limit_denominator(100000)
+        self.codec, self.audio_from = codec, Path(audio_from) if audio_from else None
+        self.state = {"version": 1, "fingerprint": fingerprint or {}, "size": [width, height],
+                      "rate": str(self.rate), "codec": codec, "segment_frames": segment_frames,
+                      "segments": []}
+        state_path = self.work / "state.json"
+        if state_path.is_file():
+            try:
+                saved = json.loads(state_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"cannot read resume state {state_path}: {exc}; delete {self.work}") from None
+            if {k: v for k, v in saved.items() if k != "segments"} != \
+                    {k: v for k, v in self.state.items() if k != "segments"}:
+                raise UserError(f"{self.work} holds a run with another input or other settings; "
+                                f"delete it or use the same command")
+            segments = saved.get("segments", [])
+            if not all((self.work / s["file"]).is_file() for s in segments):
+                raise UserError(f"resume state {state_path} names missing segments; delete {self.work}")
+            self.state["segments"] = segments
+        for stale in self.work.glob(".*partial*"):  # the segment being written when it stopped
+            stale.unlink()
+        self._writer: FileSink | None = None
+        self._closed = False
+
+    @property
+    def frames_done(self) -> int:
+        """Frames already in finished segments: the input frame to continue from."""
+        return sum(int(s["frames"]) for s in self.state["segments"])
+
+    def _save_state(self) -> None:
+        import json
+
+        tmp = self.work / ".state.json.partial"
+        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
+        tmp.replace(self.work / "state.json")
+
+    def _finish_segment(self) -> None:
+        writer, self._writer = self._writer, None
+        writer.close()
+        self.state["segments"].append({"file": writer.path.name, "frames": writer.frames_written})
+        self._save_state()
+
+    def send(self, image: np.ndarray) -> None:
+        if self._writer is None:
+            try:
+                self.work.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot write {self.work}: {exc.strerror or exc}") from None
+            name = f"part{len(self.state['segments']):05d}{self.path.suffix or '.mp4'}"
+            self._writer = FileSink(self.work / name, *self.size, rate=self.rate, codec=self.codec,
+                                    extra_options={"bf": "0"} if self.codec != "ffv1" else None)
+        self._writer.send(image)
+        if self._writer.frames_written >= self.state["segment_frames"]:
+            self._finish_segment()
+
+    def close(self) -> None:
+        import shutil
+
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._finish_segment()
+        parts = [self.work / s["file"] for s in self.state["segments"]]
+        if not parts:
+            raise UserError(f"nothing to write to {self.path}: no frames")
+        tmp = temp_file_beside(self.path)
+        fmt = container_format(self.path)
+        try:
+            join_video(tmp, parts, fmt, self.audio_from)
+            tmp.replace(self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {self.path}: {exc.strerror or exc} "
+                            f"(finished segments kept; run again with --resume)") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Keep the finished segments for ``--resume``; drop only the unfinished one."""
+        import shutil
+
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.abort()
+        if not self.state["segments"]:
+            shutil.rmtree(self.work, ignore_errors=True)

@@ -1,5 +1,9 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+import av
 
 import numpy as np
 import pytest
@@ -19,6 +23,40 @@ def data_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"../shared/data not found: {p} is missing")
     return p
+
+
+# -- the command line as users run it: a subprocess, with a timeout so nothing can hang ------
+def run_cli(*args, timeout=120):
+    proc = subprocess.run([sys.executable, "-m", "livedeid", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(rc, err, pattern):
+    assert rc == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("livedeid: error:")]
+    assert len(lines) == 1 and pattern in lines[0], err
+    assert "Traceback" not in err
+
+
+def write_video(path, n=30, size=(64, 48), faststart=False, codec="libx264", pix_fmt="yuv420p"):
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as c:
+        s = c.add_stream(codec, rate=30)
+        s.width, s.height, s.pix_fmt = size[0], size[1], pix_fmt
+        for i in range(n):
+            img = np.full((size[1], size[0], 3), (i * 8) % 255, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+
+
+def video_info(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        n = sum(1 for _ in c.decode(v))
+        return n, v.average_rate, (v.codec_context.width, v.codec_context.height), len(c.streams.audio)
 
 
 @pytest.fixture(scope="session")

@@ -224,6 +224,9 @@ class PatientSettings:
     protect: bool = True
     send_unprotected: bool = False
     hr_overlay: bool = False
+    min_confidence: float = 0.5
+    hr_window_s: float = 10.0
+    detect_long_side: int = 640
     virtual_camera: bool = True
     vcam_backend: str | None = None
     vcam_device: str | None = None
@@ -342,7 +345,8 @@ class PipelineWorker:
                 return
             processor = PanelProcessor(PipelineConfig(
                 engine=s.engine, manifest=s.manifest, max_faces=s.max_faces, fail_closed=s.fail_closed,
-                protect=s.protect, hr_method=s.hr_method, hr_overlay=s.hr_overlay))
+                protect=s.protect, hr_method=s.hr_method, hr_overlay=s.hr_overlay,
+                min_confidence=s.min_confidence, hr_window_s=s.hr_window_s, detect_long_side=s.detect_long_side))
             hub = SinkHub(source.size, source.fps, allow_unprotected=s.send_unprotected)
             pipeline = Pipeline(source, processor, [hub], listeners=[self._listener])
             with self._lock:
