@@ -151,7 +151,9 @@ def _processor(case: Case, engine: Engine, spec: ModelSpec):
 
 def _protected(frame: Frame) -> int:
     """Faces that went through the engine in this frame (the others were hidden)."""
-    return len(frame.faces) - frame.fail_closed_regions
+    if frame.no_face_yet or frame.fail_closed_regions > len(frame.unheld_boxes) + len(frame.faces):
+        return 0
+    return len(frame.faces) - (frame.fail_closed_regions - len(frame.unheld_boxes))
 
 
 def bench_pipeline(case: Case, engine: Engine, spec: ModelSpec, size: tuple[int, int], faces: int,

@@ -55,6 +55,10 @@ class Frame:
     protected: bool = True            # False only when the user switched protection off
     fail_closed_regions: int = 0      # faces hidden by the fail-closed policy in this frame
     hidden_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # regions hidden
+    # Faces a second detector saw that no track holds (hidden too), and whether no face
+    # at all has been found yet since the tracker started (the whole frame is hidden then).
+    unheld_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    no_face_yet: bool = False
     stage_ms: dict[str, float] = field(default_factory=dict)
 
     @property

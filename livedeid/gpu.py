@@ -223,7 +223,7 @@ class TorchFrameProcessor(FrameProcessor):
     # -- stages ------------------------------------------------------------------------
     def _track(self, frame: Frame) -> None:
         t = time.perf_counter()
-        frame.faces = self.tracker.update(frame.image, frame.timestamp)
+        self.track(frame)
         frame.stage_ms["track"] = (time.perf_counter() - t) * 1000.0
 
     def _launch(self, frame: Frame) -> _InFlight:

@@ -54,6 +54,8 @@ class PipelineConfig:
     hr_window_s: float = 10.0
     hr_overlay: bool = False
     detect_long_side: int = 640
+    safety_net: bool = True       # a second (full-range) detector; faces no track holds are hidden
+    startup_guard: bool = True    # hide the whole frame until the first face is found
 
     def validate(self) -> None:
         from .engines import ENGINE_NAMES
@@ -177,7 +179,8 @@ class FrameProcessor:
         self.engine = engine
         self.warning = untrained_warning(self.spec)
         self.tracker = FaceTracker(max_faces=self.config.max_faces, crop_size=self.spec.crop_size,
-                                   detect_long_side=self.config.detect_long_side)
+                                   detect_long_side=self.config.detect_long_side,
+                                   safety_net=self.config.safety_net)
         self.windows = FaceWindows(self.spec.window, self.spec.crop_size)
         self.hr = StreamingHR(method=self.config.hr_method, window_s=self.config.hr_window_s)
         self.events: deque[str] = deque(maxlen=100)
@@ -188,10 +191,16 @@ class FrameProcessor:
         self.tracker.close()
 
     # -- stages ------------------------------------------------------------------------
+    def track(self, frame: Frame) -> None:
+        """The track stage: faces, plus what the fail-closed policy needs beyond them."""
+        frame.faces = self.tracker.update(frame.image, frame.timestamp)
+        frame.unheld_boxes = list(self.tracker.unheld_boxes)
+        frame.no_face_yet = not self.tracker.face_seen
+
     def process(self, frame: Frame) -> Frame:
         cfg = self.config
         t = time.perf_counter()
-        frame.faces = self.tracker.update(frame.image, frame.timestamp)
+        self.track(frame)
         t = self._lap(frame, "track", t)
 
         trusted = [f for f in frame.faces if not f.is_lost and f.confidence >= cfg.min_confidence]
@@ -230,17 +239,22 @@ class FrameProcessor:
         frame.protected = cfg.protect
         if not cfg.protect:
             return out
-        frame.fail_closed_regions = len(hidden)
-        if not hidden:
+        # Until a face has been found there may be one no detector can see yet (a profile,
+        # a face in the dark): the startup guard hides the whole picture meanwhile.
+        whole = cfg.startup_guard and frame.no_face_yet
+        frame.fail_closed_regions = len(hidden) + len(frame.unheld_boxes) + int(whole)
+        if not frame.fail_closed_regions:
             self._last_good = out
             return out
         if cfg.fail_closed == "hold" and self._last_good is not None and self._last_good.shape == out.shape:
             return self._last_good.copy()
-        for f in hidden:
-            box = hidden_box(f, out.shape[:2])
-            if box is not None:
-                frame.hidden_boxes.append(box)
-                hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)
+        h, w = out.shape[:2]
+        boxes = [(0, 0, w, h)] if whole else [b for b in (hidden_box(f, (h, w)) for f in hidden) if b is not None]
+        if not whole:
+            boxes += frame.unheld_boxes
+        for box in boxes:
+            frame.hidden_boxes.append(box)
+            hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)
         return out
 
     def finish_output(self, frame: Frame, out: np.ndarray, trusted: list[FaceTrack]) -> None:

@@ -270,3 +270,47 @@ def test_camera_disconnect_reconnects_and_keeps_the_virtual_camera_fed(astronaut
     assert any("reconnected 1 time" in e for e in result.events)
     times = np.array([t for t, _ in received])
     assert np.diff(times).max() < 0.5 + 0.2            # the camera feed never stalled long
+
+
+def _tiny_face_scene(face, width_px=44, size=(640, 360), at=(420, 200)):
+    """The astronaut's face (about 104 px wide in the photo) shrunk to ``width_px``: too
+    small for the face mesh's detector, large enough for the full-range one."""
+    scale = width_px / 104
+    m = np.float32([[scale, 0, at[0]], [0, scale, at[1]]])
+    return cv2.warpAffine(face, m, size, borderValue=(40, 60, 50))
+
+
+def test_tiny_face_the_mesh_cannot_track_is_hidden_by_the_safety_net(astronaut_bgr):
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
+    frames = [proc.process(Frame(_tiny_face_scene(astronaut_bgr), i, i / 30)) for i in range(4)]
+    proc.close()
+    assert not any(f.faces for f in frames)  # far below the face mesh's detector
+    last = frames[-1]
+    assert last.unheld_boxes and last.fail_closed_regions >= 1
+    x0, y0, x1, y1 = last.unheld_boxes[0]
+    assert x1 - x0 < 200  # a region around the small face, not the whole picture
+    assert np.abs(last.output[y0:y1, x0:x1].astype(int) - last.image[y0:y1, x0:x1]).mean() > 3
+    outside = np.ones(last.image.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(last.output[outside], last.image[outside])
+
+
+def test_whole_frame_is_hidden_until_the_first_face_is_found(astronaut_bgr):
+    """A face no detector finds at start-up (here: none yet, then one) must not go out raw:
+    the startup guard hides the whole picture until a face is found; afterwards an empty
+    scene passes unchanged (there is nobody to protect)."""
+    empty = np.random.default_rng(0).integers(0, 255, (450, 800, 3), dtype=np.uint8)
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
+    first = proc.process(Frame(empty.copy(), 0, 0.0))
+    assert first.no_face_yet and first.hidden_boxes == [(0, 0, 800, 450)]
+    assert np.abs(first.output.astype(int) - empty).mean() > 20
+    seen = proc.process(Frame(_scene(astronaut_bgr, 1), 1, 1 / 30))
+    assert not seen.no_face_yet and seen.faces
+    proc.tracker._tracks.clear()  # the person has left for good
+    later = proc.process(Frame(empty.copy(), 2, 2 / 30))
+    proc.close()
+    assert not later.no_face_yet and np.array_equal(later.output, empty)
+    off = FrameProcessor(PipelineConfig(engine="onnxruntime", startup_guard=False))
+    unguarded = off.process(Frame(empty.copy(), 0, 0.0))
+    off.close()
+    assert np.array_equal(unguarded.output, empty)
