@@ -160,7 +160,8 @@ def skin_pulse_mask(image_bgr: np.ndarray, landmarks: np.ndarray, feather_px: fl
     return cv2.GaussianBlur(soft, (0, 0), sigma)
 
 
-def _background(rng: np.random.Generator, size: tuple[int, int], kind: str) -> np.ndarray:
+def background_image(rng: np.random.Generator, size: tuple[int, int], kind: str) -> np.ndarray:
+    """Float32 BGR ``(H, W, 3)`` backdrop: ``plain`` grey or a ``textured`` wall."""
     w, h = size
     if kind == "plain":
         return np.full((h, w, 3), (150, 160, 165), np.float32)
@@ -177,6 +178,45 @@ def _background(rng: np.random.Generator, size: tuple[int, int], kind: str) -> n
     tint = np.array([140, 150, 160], np.float32) + rng.uniform(-25, 25, 3).astype(np.float32)
     shade = np.linspace(1.1, 0.85, w, dtype=np.float32)[None, :, None]
     return np.clip((tint + base) * shade, 0, 255)
+
+
+def pose_homography(layer_hw: tuple[int, int], x: float, y: float, roll_deg: float, scale: float,
+                    yaw_deg: float) -> np.ndarray:
+    """3x3 map from a face layer's pixels (``layer_hw`` = its height, width) to frame
+    pixels for a head centred at (``x``, ``y``) with in-plane ``roll_deg``, relative
+    ``scale`` and ``yaw_deg``."""
+    lh, lw = layer_hw
+    c = np.array([[1, 0, -lw / 2], [0, 1, -lh * 0.5], [0, 0, 1]], dtype=np.float64)
+    # Yaw of a planar face about its vertical axis seen from ~3 face widths away:
+    # x' = x cos / (1 - x sin / Z), the foreshortening of a real head turn.
+    yaw = math.radians(yaw_deg)
+    z = 3.0 * lw
+    turn = np.array([[math.cos(yaw), 0, 0], [0, 1, 0], [-math.sin(yaw) / z, 0, 1]])
+    r = math.radians(roll_deg)
+    rot = np.array([[scale * math.cos(r), -scale * math.sin(r), 0], [scale * math.sin(r), scale * math.cos(r), 0],
+                    [0, 0, 1]])
+    tr = np.array([[1, 0, x], [0, 1, y], [0, 0, 1]])
+    return tr @ rot @ turn @ c
+
+
+def blend_layer(layer: np.ndarray, h_mat: np.ndarray, canvas: np.ndarray):
+    """Warp a float32 BGR + alpha ``layer`` by ``h_mat`` and alpha-blend it over the float32
+    BGR ``canvas``, only inside the box the layer lands in (cheap for small faces).
+    Returns ``((x0, y0, x1, y1), blended region)`` without touching ``canvas``, or None
+    when the layer falls outside the frame."""
+    lh, lw = layer.shape[:2]
+    h_out, w_out = canvas.shape[:2]
+    corners = cv2.perspectiveTransform(np.array([[[0, 0], [lw, 0], [lw, lh], [0, lh]]], np.float64), h_mat)[0]
+    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, [w_out, h_out])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], dtype=np.float64)
+    warped = cv2.warpPerspective(layer, shift @ h_mat, (int(x1 - x0), int(y1 - y0)),
+                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    a = np.ascontiguousarray(warped[..., 3])
+    blend = cv2.blendLinear(np.ascontiguousarray(warped[..., :3]), canvas[y0:y1, x0:x1], a, 1.0 - a)
+    return (int(x0), int(y0), int(x1), int(y1)), blend
 
 
 class SyntheticPulseSource:
@@ -281,7 +321,7 @@ class SyntheticPulseSource:
         if isinstance(background, np.ndarray):
             self._bg = cv2.resize(background, self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
         else:
-            self._bg = _background(rng, self.size, background)
+            self._bg = background_image(rng, self.size, background)
         self._bg = np.ascontiguousarray(self._bg, dtype=np.float32)
 
         n = self.frame_count
@@ -342,27 +382,21 @@ class SyntheticPulseSource:
 
     def homography(self, i: int) -> np.ndarray:
         """3x3 map from face-layer pixels to frame pixels at frame ``i``."""
-        lh, lw = self._alpha.shape
-        c = np.array([[1, 0, -lw / 2], [0, 1, -lh * 0.5], [0, 0, 1]], dtype=np.float64)
-        # Yaw of a planar face about its vertical axis seen from ~3 face widths away:
-        # x' = x cos / (1 - x sin / Z), the foreshortening of a real head turn.
-        yaw = math.radians(self._yaw[i])
-        z = 3.0 * lw
-        turn = np.array([[math.cos(yaw), 0, 0], [0, 1, 0], [-math.sin(yaw) / z, 0, 1]])
-        r = math.radians(self._roll[i])
-        s = self._scale[i]
-        rot = np.array([[s * math.cos(r), -s * math.sin(r), 0], [s * math.sin(r), s * math.cos(r), 0], [0, 0, 1]])
-        tr = np.array([[1, 0, self._pos[i, 0]], [0, 1, self._pos[i, 1]], [0, 0, 1]])
-        return tr @ rot @ turn @ c
+        return pose_homography(self._alpha.shape, self._pos[i, 0], self._pos[i, 1], self._roll[i],
+                               self._scale[i], self._yaw[i])
+
+    def face_layer(self, i: int) -> np.ndarray:
+        """The face layer at frame ``i``: float32 BGR + alpha ``(lh, lw, 4)``, pulse applied
+        (reflectance drops with blood volume), not yet warped into the frame."""
+        c = self.pulse_amplitude * float(self.true_pulse[i] - 0.5)
+        return cv2.scaleAdd(self._pulse4, -c, self._face4)
 
     def frame(self, i: int) -> Frame:
         if not 0 <= i < self.frame_count:
             raise IndexError(i)
-        # Pulse on the still face (reflectance drops with blood volume), then the warp.
-        c = self.pulse_amplitude * float(self.true_pulse[i] - 0.5)
-        face = cv2.scaleAdd(self._pulse4, -c, self._face4)
+        # Pulse on the still face, then the warp.
+        face = self.face_layer(i)
         h_mat = self.homography(i)
-        w_out, h_out = self.size
         light = float(self._light[i])
         if self.noise_std > 0:
             # OpenCV's per-thread RNG reseeded per frame: reproducible in any order.
@@ -373,17 +407,9 @@ class SyntheticPulseSource:
             noise = np.zeros_like(self._bg)
         # addWeighted to CV_8U rounds and saturates: light * scene + noise -> uint8.
         img = cv2.addWeighted(self._bg, light, noise, 1.0, 0.0, dtype=cv2.CV_8U)
-        # Composite the face only inside the box the layer lands in.
-        lh, lw = self._alpha.shape
-        corners = cv2.perspectiveTransform(np.array([[[0, 0], [lw, 0], [lw, lh], [0, lh]]], np.float64), h_mat)[0]
-        x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
-        x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, [w_out, h_out])
-        if x1 > x0 and y1 > y0:
-            shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], dtype=np.float64)
-            warped = cv2.warpPerspective(face, shift @ h_mat, (int(x1 - x0), int(y1 - y0)),
-                                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            a = np.ascontiguousarray(warped[..., 3])
-            blend = cv2.blendLinear(np.ascontiguousarray(warped[..., :3]), self._bg[y0:y1, x0:x1], a, 1.0 - a)
+        pasted = blend_layer(face, h_mat, self._bg)
+        if pasted is not None:
+            (x0, y0, x1, y1), blend = pasted
             img[y0:y1, x0:x1] = cv2.addWeighted(blend, light, noise[y0:y1, x0:x1], 1.0, 0.0, dtype=cv2.CV_8U)
         if self.jpeg_quality is not None:
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(self.jpeg_quality)])
