@@ -1,4 +1,5 @@
 """The CLI end to end on real video files: frame-exact processing, bad input, virtual camera, doctor."""
+import json
 import time
 from pathlib import Path
 
@@ -235,3 +236,18 @@ def test_one_pixel_video_is_refused(tmp_path):
     rc, _, err = run_cli("process", src, tmp_path / "out.mkv")
     assert_one_line_error(rc, err, "too small (1x1)")
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.mkv"]
+
+
+def test_demo_writes_video_and_heart_rate_report(tmp_path):
+    """The README's main command, shortened: the built-in clip through the whole pipeline."""
+    out, report = tmp_path / "demo.mp4", tmp_path / "demo_hr.json"
+    rc, stdout, err = run_cli("demo", "--seconds", "12", "--width", "640", "--height", "360", "--hr", "84",
+                              "--out", out, "--report", report, "-q", timeout=240)
+    assert rc == 0, err
+    assert video_info(out)[:3] == (360, 30, (640, 360))
+    data = json.loads(report.read_text())
+    assert data["true_hr_bpm"] == 84.0 and data["model_trained"] is False
+    assert abs(data["input_hr"]["bpm"] - 84.0) <= 2.0
+    assert abs(data["output_hr"]["bpm"] - 84.0) <= 2.0
+    assert data["stats"]["frames"] == 360 and data["stats"]["hidden_face_frames"] == 0
+    assert "NOT de-identified" in stdout + err  # the placeholder says so
