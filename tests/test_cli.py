@@ -230,14 +230,6 @@ def test_greyscale_and_16_bit_videos_are_processed_frame_exact(tmp_path, pix_fmt
     assert video_info(tmp_path / "out.mkv")[:3] == video_info(src)[:3]
 
 
-def test_one_pixel_video_is_refused(tmp_path):
-    src = tmp_path / "tiny.mkv"
-    write_video(src, n=20, size=(1, 1), codec="ffv1", pix_fmt="bgr0")
-    rc, _, err = run_cli("process", src, tmp_path / "out.mkv")
-    assert_one_line_error(rc, err, "too small (1x1)")
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny.mkv"]
-
-
 def test_demo_writes_video_and_heart_rate_report(tmp_path):
     """The README's main command, shortened: the built-in clip through the whole pipeline."""
     out, report = tmp_path / "demo.mp4", tmp_path / "demo_hr.json"

@@ -50,12 +50,13 @@ def test_8k_video_is_processed_frame_exact(tmp_path):
     assert video_info(tmp_path / "out.mp4")[:3] == video_info(src)[:3]
 
 
-def test_larger_than_8k_is_refused(tmp_path):
-    src = tmp_path / "wide.mkv"
-    write_video(src, n=2, size=(8200, 16), codec="ffv1", pix_fmt="bgr0")
+@pytest.mark.parametrize("size, message", [((1, 1), "too small (1x1)"), ((8200, 16), "too large (8200x16")])
+def test_frames_too_small_or_too_large_are_refused(tmp_path, size, message):
+    src = tmp_path / "odd.mkv"
+    write_video(src, n=2, size=size, codec="ffv1", pix_fmt="bgr0")
     rc, _, err = run_cli("process", src, tmp_path / "out.mkv")
-    assert_one_line_error(rc, err, "too large (8200x16")
-    assert _listing(tmp_path) == ["wide.mkv"]
+    assert_one_line_error(rc, err, message)
+    assert _listing(tmp_path) == ["odd.mkv"]
 
 
 # -- model files ---------------------------------------------------------------------------
@@ -69,26 +70,24 @@ def _model_copy(tmp_path: Path) -> tuple[Path, dict]:
     return folder / "deid.json", manifest
 
 
-def test_hash_mismatched_weights_are_refused(tmp_path):
-    manifest_path, manifest = _model_copy(tmp_path)
-    onnx = manifest_path.parent / manifest["onnx"]
-    onnx.write_bytes(onnx.read_bytes()[:-16] + bytes(16))  # bit rot at the end of the file
-    manifest_path.write_text(json.dumps(manifest))
-    write_video(tmp_path / "in.mp4")
-    rc, _, err = run_cli("process", tmp_path / "in.mp4", tmp_path / "out.mp4", "--model", manifest_path)
-    assert_one_line_error(rc, err, "does not match its manifest hash")
-    assert "out.mp4" not in _listing(tmp_path)
+def _bit_rot(onnx: Path, manifest: dict) -> None:
+    onnx.write_bytes(onnx.read_bytes()[:-16] + bytes(16))  # the manifest's hash no longer matches
 
 
-def test_corrupted_weights_with_matching_hash_are_refused(tmp_path):
-    manifest_path, manifest = _model_copy(tmp_path)
-    onnx = manifest_path.parent / manifest["onnx"]
-    onnx.write_bytes(onnx.read_bytes()[:5000])  # truncated, and the manifest re-hashed to match
+def _truncate_and_rehash(onnx: Path, manifest: dict) -> None:
+    onnx.write_bytes(onnx.read_bytes()[:5000])  # broken, but the manifest re-hashed to match
     manifest["onnx_sha256"] = hashlib.sha256(onnx.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("corrupt, message", [(_bit_rot, "does not match its manifest hash"),
+                                              (_truncate_and_rehash, "cannot load ONNX model")])
+def test_corrupted_or_hash_mismatched_weights_are_refused(tmp_path, corrupt, message):
+    manifest_path, manifest = _model_copy(tmp_path)
+    corrupt(manifest_path.parent / manifest["onnx"], manifest)
     manifest_path.write_text(json.dumps(manifest))
     write_video(tmp_path / "in.mp4")
     rc, _, err = run_cli("process", tmp_path / "in.mp4", tmp_path / "out.mp4", "--model", manifest_path)
-    assert_one_line_error(rc, err, "cannot load ONNX model")
+    assert_one_line_error(rc, err, message)
     assert "out.mp4" not in _listing(tmp_path)
 
 
