@@ -52,6 +52,16 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hr-overlay", action="store_true", default=None, help="burn the live heart rate into the output")
 
 
+def _add_live_options(p: argparse.ArgumentParser, no_virtual_camera_help: str) -> None:
+    """Camera size/rate and virtual-camera options shared by `run` and `gui`."""
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--no-virtual-camera", action="store_true", help=no_virtual_camera_help)
+    p.add_argument("--backend", default=None, help="pyvirtualcam backend (default: the OS's)")
+    p.add_argument("--device", default=None, help="virtual camera device, e.g. /dev/video10")
+
+
 _CLI_CONFIG_FIELDS = {"engine": "engine", "model": "manifest", "fail_closed": "fail_closed",
                       "max_faces": "max_faces", "hr_method": "hr_method", "hr_overlay": "hr_overlay"}
 
@@ -479,12 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "virtual camera that video-call apps can select.")
     r.add_argument("--camera", default="0", help="camera index, stream URL, video file (played live, looped) "
                                                  "or synthetic[:HR] (default 0)")
-    r.add_argument("--width", type=int, default=1280)
-    r.add_argument("--height", type=int, default=720)
-    r.add_argument("--fps", type=float, default=30.0)
-    r.add_argument("--no-virtual-camera", action="store_true", help="do not send to a virtual camera")
-    r.add_argument("--backend", default=None, help="pyvirtualcam backend (default: the OS's)")
-    r.add_argument("--device", default=None, help="virtual camera device, e.g. /dev/video10")
+    _add_live_options(r, "do not send to a virtual camera")
     r.add_argument("--preview", action="store_true", help="show the protected output in a window")
     r.add_argument("--record", type=Path, default=None, help="also record the protected output to a file")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -533,12 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`livedeid` with no command opens it too.")
     g.add_argument("--camera", default=None, help="camera index, video file or synthetic[:HR] "
                                                   "(default: the first camera found, else the synthetic face)")
-    g.add_argument("--width", type=int, default=1280)
-    g.add_argument("--height", type=int, default=720)
-    g.add_argument("--fps", type=float, default=30.0)
-    g.add_argument("--no-virtual-camera", action="store_true", help="start without sending to a virtual camera")
-    g.add_argument("--backend", default=None, help="pyvirtualcam backend (default: the OS's)")
-    g.add_argument("--device", default=None, help="virtual camera device, e.g. /dev/video10")
+    _add_live_options(g, "start without sending to a virtual camera")
     g.add_argument("--monitor", default=None, metavar="SOURCE",
                    help="start in clinician monitor mode on a video file, camera index, synthetic[:HR] "
                         "or screen[:LEFT,TOP,WIDTH,HEIGHT]")
