@@ -313,9 +313,14 @@ def _make_graph_module_class():
                 return env[name]
             return getattr(self, self._buffer_of[name])
 
-        def forward(self, x):
+        def forward(self, x, taps=()):
+            """The graph's output, or, with ``taps`` (node output names), those
+            intermediate tensors (the graph runs only as far as they need)."""
             env = {self.input_name: x}
+            wanted = set(taps)
             for op, ins, outs, a in self.nodes:
+                if taps and wanted.issubset(env):
+                    break
                 args = [self._get(env, n) if n else None for n in ins]
                 if op == "Conv":
                     pads = a.get("pads", [0, 0, 0, 0])
@@ -358,6 +363,8 @@ def _make_graph_module_class():
                 else:  # guarded in onnx_to_torch
                     raise NotImplementedError(op)
                 env[outs[0]] = y
+            if taps:
+                return [env[n] for n in taps]
             return env[self.output_name]
 
     return OnnxGraphModule

@@ -37,7 +37,8 @@ DEFAULTS: dict = {
         "held_out": {"celebrities": 3, "orl": 10},
         "split_seed": 0,
     },
-    "model": {"window": 8, "max_perturbation": 8.0 / 255.0, "width": 32},
+    "model": {"window": 8, "max_perturbation": 8.0 / 255.0, "width": 32,
+              "identity_branch": False},   # decode a residual from SFace's own features too
     "recognizers": ["dlib", "sface"],
     "batch": 4,                  # clips per step
     "outputs_per_clip": 2,       # consecutive protected frames per clip (K)
@@ -45,6 +46,7 @@ DEFAULTS: dict = {
     "max_minutes": 0,            # stop early after this wall time (0 = no limit)
     "lr": 1e-3,
     "pattern_lr": 0.02,          # Adam step for the model's universal pattern (pre-tanh units)
+    "init_weights": "",          # start from these weights (a state dict .pt) instead of the seed
     "weight_decay": 1e-4,
     "warmup_steps": 50,
     "grad_clip": 1.0,
@@ -193,10 +195,18 @@ def train(cfg: dict, progress: bool = True) -> dict:
     # model + optimiser
     mc = cfg["model"]
     window = int(mc["window"])
-    model = DeidAutoencoder(window, float(mc["max_perturbation"]), int(mc["width"])).to(device)
+    model = DeidAutoencoder(window, float(mc["max_perturbation"]), int(mc["width"]),
+                            identity_branch=bool(mc["identity_branch"]))
+    if model.identity_branch:
+        from .recognizers import get_recognizer
+
+        sface = get_recognizer("sface")
+        model.ident.load_sface(sface.torch_module().graph)
+        model.set_chip_warp(sface.chip_grid_theta(128))
+    model = model.to(device)
     # The universal pattern lives in pre-tanh units and is shared by every face: it wants a
     # much larger step than the convolutions and no weight decay.
-    conv_params = [p for n, p in model.named_parameters() if n != "pattern"]
+    conv_params = [p for n, p in model.named_parameters() if n != "pattern" and p.requires_grad]
     opt = torch.optim.AdamW([
         {"params": conv_params, "lr_scale": 1.0},
         {"params": [model.pattern], "lr_scale": float(cfg["pattern_lr"]) / float(cfg["lr"]), "weight_decay": 0.0},
@@ -215,6 +225,20 @@ def train(cfg: dict, progress: bool = True) -> dict:
 
     start = 0
     ckpt_path = out_dir / "ckpt.pt"
+    if cfg["init_weights"] and not ckpt_path.is_file():
+        # Non-strict only for what the new model adds (a warm start of the identity branch
+        # from a pixel-only model: its SFace weights and warp, set above, stay); anything
+        # else missing or unexpected is an error.
+        try:
+            missing, unexpected = model.load_state_dict(
+                torch.load(_path(cfg["init_weights"]), map_location=device, weights_only=True), strict=False)
+        except (OSError, RuntimeError) as exc:   # unreadable, a pickle payload, shapes that differ
+            raise UserError(f"cannot start from init_weights {cfg['init_weights']}: "
+                            f"{str(exc).splitlines()[0]}") from None
+        if unexpected or any(not k.startswith(("ident.", "id_", "chip_grid", "crop_grid")) for k in missing):
+            raise UserError(f"init_weights {cfg['init_weights']} do not fit the model "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        print(f"initialised from {cfg['init_weights']}")
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
@@ -317,11 +341,12 @@ def train(cfg: dict, progress: bool = True) -> dict:
         result["eval"] = report
         if cfg["export"]:
             if report["better_than_untrained"]:
-                from .export import export_model
+                from .export import export_model, held_out_self_match
 
                 notes = cfg["export_notes"] or f"trained by livedeid train ({out_dir.name}, {done_steps} steps)"
                 for line in export_model(weights=weights, trained=True, fp16=True, notes=notes,
-                                         window=window, max_perturbation=float(mc["max_perturbation"])):
+                                         window=window, max_perturbation=float(mc["max_perturbation"]),
+                                         held_out_self_match=held_out_self_match(out_dir / "eval.json")):
                     print(line)
             else:
                 print("NOT exported: the trained model does not de-identify better than the untrained one")

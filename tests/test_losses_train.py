@@ -275,3 +275,40 @@ def test_trained_weights_export_with_onnx_parity(short_run, tmp_path):
     assert float(parity.rsplit(" ", 1)[1]) <= 1e-4
     spec = load_spec(tmp_path / "deid.json")
     assert spec.trained and spec.onnx_path.is_file()
+
+
+def test_identity_branch_warm_starts_from_pixel_only_weights(short_run, tiny_faces, tmp_path):
+    # A model with the identity branch, started from a pixel-only run's weights (step 0):
+    # the branch's zero-initialised head makes it the same function, and its encoder holds
+    # SFace's own weights.
+    from livedeid.autoencoder import load_weights
+    from livedeid.train import load_config, train
+
+    pytest.importorskip("onnxruntime")
+    cfg0, first = short_run
+    cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", f"data.faces_root={tiny_faces}",
+                             f"data.cache={tmp_path / 'c.npz'}", "data.held_out={}", 'recognizers=["sface"]',
+                             "model.identity_branch=true", f"init_weights={first['weights']}", "steps=0",
+                             "eval.enabled=false", "threads=2"])
+    result = train(cfg, progress=False)
+    pixel_only = load_weights(first["weights"], 8, cfg0["model"]["max_perturbation"])
+    warm = load_weights(result["weights"], 8, cfg["model"]["max_perturbation"])
+    assert warm.identity_branch and not pixel_only.identity_branch
+    window = torch.rand(2, 8, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert float((warm(window) - pixel_only(window)).abs().max()) < 1e-6
+    assert float(warm.chip_grid.abs().max()) > 0.5          # the chip warp was set
+    assert float(warm.ident.blocks["conv_1"][0].weight.abs().max()) > 0.0
+
+
+def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_path):
+    from livedeid.errors import UserError
+    from livedeid.train import load_config, train
+
+    _, first = short_run
+    cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", f"data.faces_root={tiny_faces}",
+                             f"data.cache={tmp_path / 'c.npz'}", "data.held_out={}", 'recognizers=["sface"]',
+                             "model.width=16", f"init_weights={first['weights']}", "steps=0",
+                             "eval.enabled=false"])
+    with pytest.raises(UserError, match="init_weights"):
+        train(cfg, progress=False)
