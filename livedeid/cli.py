@@ -343,8 +343,12 @@ def cmd_doctor(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_model
 
+    from .export import held_out_self_match
+
+    matches = held_out_self_match(args.eval) if args.eval else None
     for line in export_model(weights=args.weights, out_dir=args.out_dir, name=args.name, seed=args.seed,
-                             trained=args.trained, fp16=args.fp16, tensorrt=args.tensorrt, notes=args.notes):
+                             trained=args.trained, fp16=args.fp16, tensorrt=args.tensorrt, notes=args.notes,
+                             held_out_self_match=matches):
         print(line)
     return 0
 
@@ -601,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fp16", action="store_true", help="also write the FP16 ONNX for TensorRT")
     e.add_argument("--tensorrt", action="store_true", help="also build the TensorRT plan (needs TensorRT + GPU)")
     e.add_argument("--notes", default="", help="free text stored in the manifest")
+    e.add_argument("--eval", type=Path, default=None, metavar="EVAL_JSON",
+                   help="the weights' `livedeid train` evaluation (eval.json): its held-out self-match per "
+                        "recogniser goes into the manifest, and users are warned while it is above 5%%")
     e.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="speed of every available engine: per-stage p50/p95, fps, engine-only, offline",

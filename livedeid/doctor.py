@@ -112,14 +112,14 @@ def check_mediapipe() -> Check:
 
 def check_model() -> Check:
     from .errors import UserError
-    from .model import load_spec, untrained_warning, verified_file
+    from .model import load_spec, model_warning, verified_file
 
     try:
         spec = load_spec()
         onnx = verified_file(spec, "onnx")
     except UserError as exc:
         return Check("model", "missing", str(exc), "reinstall livedeid or run `livedeid export`", essential=True)
-    warn = untrained_warning(spec)
+    warn = model_warning(spec)
     detail = f"{spec.name}: window {spec.window}, crop {spec.crop_size}, {onnx.name} hash ok"
     if warn:
         return Check("model", "warn", f"{detail}; {warn}", "train and export a model (see engines/MODEL_CARD.md)")

@@ -696,9 +696,9 @@ def run_eval(dataset: str | Path, out_dir: str | Path | None = None, *, methods:
     model_note = None
     mm = next((m for m in under_test if isinstance(m, ModelMethod)), None)
     if mm is not None:
-        from .model import untrained_warning
+        from .model import model_warning
 
-        warn = untrained_warning(mm.spec)
+        warn = model_warning(mm.spec)
         model_note = (f"model '{mm.spec.name}' ({mm.spec.manifest_path}), trained: "
                       f"{str(mm.spec.trained).lower()}; engine {mm.engine.describe()}; "
                       f"{mm.fail_closed_images} photo(s) had a face hidden by the fail-closed policy, "

@@ -22,7 +22,8 @@ DEFAULT_MAX_PERTURBATION = 8.0 / 255.0
 def export_model(weights: Path | None = None, out_dir: Path | None = None, name: str = "deid", seed: int = 0,
                  trained: bool = False, fp16: bool = False, tensorrt: bool = False, notes: str = "",
                  window: int = DEFAULT_WINDOW, crop_size: int = DEFAULT_CROP,
-                 max_perturbation: float = DEFAULT_MAX_PERTURBATION) -> Iterator[str]:
+                 max_perturbation: float = DEFAULT_MAX_PERTURBATION,
+                 held_out_self_match: dict[str, float] | None = None) -> Iterator[str]:
     if importlib.util.find_spec("torch") is None:
         raise UserError("export needs torch: pip install 'livedeid[train]'")
     import onnxruntime as ort
@@ -67,7 +68,7 @@ def export_model(weights: Path | None = None, out_dir: Path | None = None, name:
     spec = ModelSpec(name=name, window=window, crop_size=crop_size, max_perturbation=max_perturbation,
                      trained=trained, onnx=onnx_path.name, onnx_sha256=sha256_file(onnx_path),
                      weights=pt_path.name, weights_sha256=sha256_file(pt_path), notes=notes,
-                     manifest_path=out_dir / f"{name}.json")
+                     held_out_self_match=held_out_self_match, manifest_path=out_dir / f"{name}.json")
     write_manifest(spec, out_dir / f"{name}.json")
     yield f"wrote {out_dir / f'{name}.json'}"
     if tensorrt:
@@ -78,3 +79,19 @@ def export_model(weights: Path | None = None, out_dir: Path | None = None, name:
             yield f"TensorRT plan: {eng.plan_path}"
         except EngineUnavailable as exc:
             raise UserError(f"TensorRT plan not built: {exc}") from None
+
+
+def held_out_self_match(eval_json: Path) -> dict[str, float]:
+    """Per recogniser, the share of held-out protected faces still matching themselves, from
+    a `livedeid train` evaluation (``eval.json``: ``methods.trained.<recogniser>.self_match``)."""
+    import json
+
+    try:
+        report = json.loads(Path(eval_json).read_text())
+        trained = report["methods"]["trained"]
+        out = {name: float(trained[name]["self_match"]) for name in ("dlib", "sface") if name in trained}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the evaluation {eval_json}: {exc}") from None
+    if not out:
+        raise UserError(f"the evaluation {eval_json} has no recogniser results")
+    return out

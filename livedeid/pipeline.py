@@ -31,7 +31,7 @@ from .composite import (FAIL_CLOSED_POLICIES, apply_protection, draw_hr_overlay,
 from .engines import Engine, create_engine, fallback_engine
 from .errors import UserError
 from .frames import FaceTrack, Frame
-from .model import ModelSpec, load_spec, untrained_warning
+from .model import ModelSpec, load_spec, model_warning
 from .rppg import StreamingHR, mean_skin_rgb
 from .sinks import Sink
 from .track import FaceTracker
@@ -177,7 +177,7 @@ class FrameProcessor:
         else:
             self.engine_reason, self.engine_skipped = "given", []
         self.engine = engine
-        self.warning = untrained_warning(self.spec)
+        self.warning = model_warning(self.spec)
         self.tracker = FaceTracker(max_faces=self.config.max_faces, crop_size=self.spec.crop_size,
                                    detect_long_side=self.config.detect_long_side,
                                    safety_net=self.config.safety_net)

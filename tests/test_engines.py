@@ -9,7 +9,7 @@ import pytest
 
 from livedeid.engines import OnnxRuntimeEngine, TensorRTEngine, TorchEngine, create_engine, plan_cache_path
 from livedeid.errors import UserError
-from livedeid.model import load_spec, untrained_warning
+from livedeid.model import load_spec, model_warning
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -37,7 +37,7 @@ def windows(spec):
 def test_shipped_manifest_is_honest(spec):
     assert spec.window == 8 and spec.crop_size == 128
     if not spec.trained:
-        assert "NOT de-identified" in untrained_warning(spec)
+        assert "NOT de-identified" in model_warning(spec)
 
 
 def test_onnxruntime_output_contract(spec, windows):
@@ -155,3 +155,44 @@ def test_tensorrt_fp16_close_to_cpu_reference(spec, windows, tmp_path):
     assert eng.plan_path.is_file()  # cached for the next start
     again = TensorRTEngine(spec, cache_dir=tmp_path)
     assert np.abs(again(windows) - got).max() == 0
+
+
+def _spec(**kw):
+    from livedeid.model import ModelSpec
+
+    base = dict(name="deid", window=8, crop_size=128, max_perturbation=8 / 255, trained=True)
+    return ModelSpec(**{**base, **kw})
+
+
+def test_model_warning_says_what_protection_was_measured():
+    assert "NOT de-identified" in model_warning(_spec(trained=False))
+    partly = model_warning(_spec(held_out_self_match={"dlib": 0.42, "sface": 0.88}))
+    assert "PARTLY" in partly and "dlib 42%" in partly and "sface 88%" in partly
+    only_sface = model_warning(_spec(held_out_self_match={"dlib": 0.0, "sface": 0.3}))
+    assert "sface 30%" in only_sface and "dlib" not in only_sface
+    assert model_warning(_spec(held_out_self_match={"dlib": 0.04, "sface": 0.0})) is None
+
+
+@pytest.mark.parametrize("value", [{"dlib": 1.5}, {"dlib": "most"}, [0.5]])
+def test_manifest_with_a_bad_self_match_is_refused(tmp_path, value):
+    from livedeid.model import write_manifest
+
+    path = tmp_path / "m.json"
+    write_manifest(_spec(), path)
+    raw = json.loads(path.read_text())
+    raw["held_out_self_match"] = value
+    path.write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="held_out_self_match"):
+        load_spec(path)
+
+
+def test_export_reads_the_held_out_self_match_from_an_evaluation(tmp_path):
+    from livedeid.export import held_out_self_match
+
+    report = {"methods": {"trained": {"psnr": 34.0, "dlib": {"self_match": 0.25}, "sface": {"self_match": 0.75}},
+                          "untrained": {"dlib": {"self_match": 1.0}}}}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    assert held_out_self_match(tmp_path / "eval.json") == {"dlib": 0.25, "sface": 0.75}
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="cannot read the evaluation"):
+        held_out_self_match(tmp_path / "bad.json")
