@@ -539,8 +539,21 @@ def evaluate(model, cfg: dict, test_ids: list[str], names=("dlib", "sface")) -> 
                                 ec["hr_clips"], ec["hr_seconds"])
     t = report["methods"]["trained"]
     u = report["methods"]["untrained"]
-    report["better_than_untrained"] = all(t[r.name]["self_match"] < u[r.name]["self_match"] for r in recs)
+    report["better_than_untrained"] = better_than_untrained(report, [r.name for r in recs])
     return report
+
+
+def better_than_untrained(report: dict, recognizers) -> bool:
+    """The export rule: on the held-out people the trained model lets fewer protected faces
+    match themselves than the untrained one for at least one recogniser and more for none,
+    while keeping face PSNR >= 32 dB and every heart rate within 1 bpm of the input's. A
+    model that passes but still misses the 5 % target ships with that measured share in its
+    manifest, and every command and the panel say it protects only partly."""
+    t, u = report["methods"]["trained"], report["methods"]["untrained"]
+    fewer = [t[r]["self_match"] < u[r]["self_match"] for r in recognizers]
+    more = [t[r]["self_match"] > u[r]["self_match"] for r in recognizers]
+    quality = t["psnr"] >= 32.0 and all(h["change_bpm"] <= 1.0 for h in report.get("hr", []))
+    return any(fewer) and not any(more) and quality
 
 
 def _method_report(recs, clean, outs, labels, p, s, n):

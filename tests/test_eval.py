@@ -11,6 +11,7 @@ from scipy.stats import norm
 
 from livedeid import evaluate as ev
 from livedeid.errors import UserError
+from livedeid.model import load_spec
 
 from conftest import data_path
 
@@ -187,8 +188,8 @@ def test_whole_eval_on_a_tiny_set(tiny_dataset, tmp_path, recognizers):
     names = [r.method.name for r in rep.results]
     assert names[:2] == ["model", "dir:copy"]
     model, ident, none = rep.result("model"), rep.result("dir:copy"), rep.result("none")
-    # The untrained model's residual is bounded by 8/255: the face barely changes.
-    assert 30.0 < model.psnr_db < 80.0 and model.ssim > 0.95
+    # The model's residual is bounded by 8/255: the face changes only slightly.
+    assert 30.0 < model.psnr_db < 80.0 and model.ssim > 0.9
     # The plain noise baseline takes the model's PSNR.
     noise = next(r for r in rep.results if r.method.family == "noise")
     assert noise.psnr_db == pytest.approx(model.psnr_db, abs=0.5)
@@ -202,7 +203,8 @@ def test_whole_eval_on_a_tiny_set(tiny_dataset, tmp_path, recognizers):
         # A blur of 16 px per 100 px of face leaves no self-match.
         assert rep.result("blur:16").per_recognizer[rec.name].self_match == 0.0
     md = (out / "eval.md").read_text()
-    assert "trained: false" in md and "| **model** |" in md and "dir:copy" in md
+    trained = str(load_spec().trained).lower()
+    assert f"trained: {trained}" in md and "| **model** |" in md and "dir:copy" in md
     rows = list(csv.DictReader((out / "eval.csv").open()))
     assert [r["method"] for r in rows] == names
     assert float(rows[names.index("none")][f"{recognizers[0].name}_self_match"]) == 1.0

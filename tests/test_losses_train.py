@@ -312,3 +312,19 @@ def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_pa
                              "eval.enabled=false"])
     with pytest.raises(UserError, match="init_weights"):
         train(cfg, progress=False)
+
+
+def test_export_rule_needs_fewer_matches_and_kept_quality():
+    from livedeid.train import better_than_untrained
+
+    def report(t_dlib, t_sface, psnr=34.0, hr_change=0.1):
+        return {"methods": {"trained": {"psnr": psnr, "dlib": {"self_match": t_dlib}, "sface": {"self_match": t_sface}},
+                            "untrained": {"psnr": 44.0, "dlib": {"self_match": 1.0}, "sface": {"self_match": 0.9}}},
+                "hr": [{"change_bpm": hr_change}]}
+
+    names = ["dlib", "sface"]
+    assert better_than_untrained(report(0.8, 0.9), names)          # fewer for one, more for none
+    assert not better_than_untrained(report(1.0, 0.9), names)      # no gain
+    assert not better_than_untrained(report(0.5, 0.95), names)     # worse for SFace
+    assert not better_than_untrained(report(0.5, 0.5, psnr=31.0), names)
+    assert not better_than_untrained(report(0.5, 0.5, hr_change=1.5), names)
