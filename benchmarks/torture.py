@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=Path, help="keep the clips and their ground truth here (default: a temp folder)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seconds", type=float, help="override every clip's length")
+    ap.add_argument("--people", default="", help="comma-separated identities to draw faces from, e.g. the "
+                    "people a model never saw: celebrities/id03,celebrities/id08,celebrities/id11 (default: all)")
     args = ap.parse_args(argv)
 
     modes = [m for m in args.modes.split(",") if m]
@@ -188,7 +190,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="livedeid-torture-") as tmp:
         clip_dir = args.clips or Path(tmp)
         print(f"rendering clips into {clip_dir} ...", flush=True)
-        clips = make_torture_set(args.faces, clip_dir, names, seed=args.seed, seconds=args.seconds)
+        clips = make_torture_set(args.faces, clip_dir, names, seed=args.seed, seconds=args.seconds,
+                                 people=[p for p in args.people.split(",") if p] or None)
         refs = {rec.name: {} for rec in recognizers}
         rows, runs = [], {}
         for clip in clips:

@@ -123,12 +123,14 @@ class Clip:
         path.write_text(json.dumps(data, indent=1))
 
 
-def pick_people(faces_root: Path, n: int, rng: np.random.Generator) -> list[tuple[str, Path]]:
+def pick_people(faces_root: Path, n: int, rng: np.random.Generator,
+                only: list[str] | None = None) -> list[tuple[str, Path]]:
     """``n`` different people, one photo each, among the colour photos large enough to
-    make a 150 px face (the celebrities; ORL's 92x112 greyscale photos are too small)."""
+    make a 150 px face (the celebrities; ORL's 92x112 greyscale photos are too small);
+    with ``only``, among those identities (e.g. the people a model was not trained on)."""
     by_person: dict[str, list[Path]] = {}
     for identity, path in list_face_images(faces_root):
-        if identity.startswith("celebrities/"):
+        if identity.startswith("celebrities/") and (not only or identity in only):
             by_person.setdefault(identity, []).append(path)
     if len(by_person) < n:
         raise UserError(f"need photos of {n} different people under {faces_root}/celebrities, "
@@ -337,11 +339,11 @@ def make_clip(sc: Scenario, people: list[tuple[str, Path]], out_dir: str | Path,
 
 
 def make_torture_set(faces_root: str | Path, out_dir: str | Path, names: list[str] | None = None,
-                     seed: int = 0, seconds: float | None = None) -> list[Clip]:
+                     seed: int = 0, seconds: float | None = None, people: list[str] | None = None) -> list[Clip]:
     """Every scenario (or those ``names``) rendered into ``out_dir``; scenario ``k`` draws
     its people and motion from seed ``(seed, k)``, so one clip does not depend on which
     others are made. ``seconds`` overrides every clip's length (keyframed paths scale
-    along), e.g. for quick tests."""
+    along), e.g. for quick tests. ``people`` restricts the identities drawn from."""
     faces_root = Path(faces_root)
     if not faces_root.is_dir():
         raise UserError(f"faces folder not found: {faces_root}")
@@ -353,9 +355,9 @@ def make_torture_set(faces_root: str | Path, out_dir: str | Path, names: list[st
         if names and sc.name not in names:
             continue
         rng = np.random.default_rng([seed, k])
-        people = pick_people(faces_root, sc.faces, rng)
+        chosen = pick_people(faces_root, sc.faces, rng, only=people)
         if seconds is not None:
             sc = replace(sc, seconds=seconds)
-        clips.append(make_clip(sc, people, Path(out_dir), seed=int(rng.integers(1 << 31))))
+        clips.append(make_clip(sc, chosen, Path(out_dir), seed=int(rng.integers(1 << 31))))
     return clips
 

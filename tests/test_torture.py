@@ -140,6 +140,15 @@ def test_generation_is_deterministic(faces_root, tmp_path):
     assert all(np.array_equal(x.image, y.image) for x, y in zip(decoded(a), decoded(b)))
 
 
+def test_people_can_be_restricted_to_those_a_model_never_saw(faces_root):
+    held_out = ["celebrities/id03", "celebrities/id08", "celebrities/id11"]
+    for seed in range(5):
+        chosen = pick_people(faces_root, 3, np.random.default_rng(seed), only=held_out)
+        assert sorted(identity for identity, _ in chosen) == held_out
+    with pytest.raises(UserError, match="need photos of 3 different people"):
+        pick_people(faces_root, 3, np.random.default_rng(0), only=held_out[:2])
+
+
 def test_unknown_scenario_is_refused(faces_root, tmp_path):
     with pytest.raises(UserError, match="unknown scenario"):
         make_torture_set(faces_root, tmp_path, ["no_such_thing"])
