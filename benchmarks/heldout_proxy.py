@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from livedeid import train as T
     from livedeid.autoencoder import DeidAutoencoder
-    from livedeid.datasets import FaceClipSampler, prepare_faces, split_identities
+    from livedeid.datasets import FaceClipSampler
 
     torch.set_num_threads(args.threads)
     cfg = T.load_config(args.config, [])
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                             int(cfg["model"]["width"]), identity_branch="chip_grid" in state)
     model.load_state_dict(state)
     model.eval()
-    d = cfg["data"]
-    faces = prepare_faces(T._path(d["faces_root"]), T._path(d["cache"]))
-    train_ids, test_ids = split_identities([f.identity for f in faces], d["held_out"], d["split_seed"])
+    _, faces, train_ids, test_ids = T.build_data(cfg)   # the trainer's own data and split
     heads = T.build_heads(cfg["recognizers"], torch.device("cpu"))
     print(f"checkpoint {args.checkpoint} (step {step})")
     for label, ids in (("held-out", test_ids), ("training", train_ids)):
