@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 
 
 def make_clip(path: Path, seconds: float, size: tuple[int, int]) -> None:
-    from livedeid.capture import SyntheticSource
-    from livedeid.sinks import FileSink
+    from livedeid.io.sinks import FileSink
+    from livedeid.io.sources import SyntheticSource
 
     src = SyntheticSource(hr_bpm=75, duration_s=seconds, size=size, seed=3)
     sink = FileSink(path, *size, rate=src.rate)
@@ -42,9 +42,9 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int]) -> None:
 
 
 def run_livedeid(clip: Path, out: Path, engine: str) -> dict:
-    from livedeid.capture import FileSource
-    from livedeid.pipeline import FrameProcessor, Pipeline, PipelineConfig
-    from livedeid.sinks import FileSink
+    from livedeid.io.sinks import FileSink
+    from livedeid.io.sources import FileSource
+    from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
 
     src = FileSource(clip)
     proc = FrameProcessor(PipelineConfig(engine=engine))
@@ -59,8 +59,8 @@ def run_livedeid(clip: Path, out: Path, engine: str) -> dict:
 def run_naive(clip: Path, out: Path) -> dict:
     import mediapipe as mp
 
-    from livedeid.capture import FileSource
-    from livedeid.sinks import FileSink
+    from livedeid.io.sinks import FileSink
+    from livedeid.io.sources import FileSource
 
     src = FileSource(clip)
     sink = FileSink(out, *src.size, rate=src.rate)

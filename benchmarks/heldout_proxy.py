@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from livedeid import train as T
-    from livedeid.autoencoder import DeidAutoencoder
-    from livedeid.datasets import FaceClipSampler
+    from livedeid.nets.autoencoder import DeidAutoencoder
+    from livedeid.training import loop as T
+    from livedeid.training.data import FaceClipSampler
 
     torch.set_num_threads(args.threads)
     cfg = T.load_config(args.config, [])
@@ -69,7 +69,7 @@ def _centre(masks):
     import cv2
     import numpy as np
 
-    from livedeid.datasets import CROP, _similarity
+    from livedeid.training.data import CROP, _similarity
 
     m = _similarity(0, 0, 0, 1.0)
     return np.stack([cv2.warpAffine(k, m, (CROP, CROP), flags=cv2.INTER_LINEAR) for k in masks]).astype("float32")

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from pytorch_msssim import ssim
 
-    from livedeid import train as T
+    from livedeid.training import loop as T
 
     overrides = [f"data.faces_root={args.faces}"] if args.faces else []
     cfg = T.load_config(ROOT / "configs" / "train_default.json", overrides)

@@ -104,15 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup_minutes >= args.minutes:
         ap.error("--warmup-minutes must be shorter than --minutes")
 
-    from livedeid.capture import LiveSimulation, open_source
-    from livedeid.pipeline import Pipeline, PipelineConfig, build_processor
-    from livedeid.sinks import NullSink, VirtualCameraSink
+    from livedeid.io.sinks import NullSink, VirtualCameraSink
+    from livedeid.io.sources import LiveSimulation, open_source
+    from livedeid.pipeline.processor import Pipeline, PipelineConfig, build_processor
 
     if args.source.startswith("synthetic"):
         # The synthetic clip is long enough that one loop covers the whole soak at the
         # requested rate; a file source below is reopened at every loop.
         hr = float(args.source.split(":", 1)[1]) if ":" in args.source else 72.0
-        from livedeid.capture import SyntheticSource
+        from livedeid.io.sources import SyntheticSource
 
         source = LiveSimulation(lambda: SyntheticSource(hr_bpm=hr, duration_s=120.0, fps=args.fps,
                                                         size=(args.width, args.height)), loop=True)

@@ -4,17 +4,17 @@
         [--recognizers dlib,sface] [--modes process,live] [--scenarios tiny,dark,...]
         [--clips DIR] [--seed 0] [--seconds S]
 
-Renders the torture clips (:mod:`livedeid.torture`: real face photos, one clip per failure
+Renders the torture clips (:mod:`livedeid.evaluation.torture`: real face photos, one clip per failure
 mode, lossless video files with per-frame ground truth) and runs the real pipeline on each:
 
-* ``process``: :class:`~livedeid.capture.FileSource` -> ``build_processor(PipelineConfig())``
-  -> :class:`~livedeid.pipeline.Pipeline`, every frame in order (``livedeid process``);
-* ``live``: the same file played in real time by :class:`~livedeid.capture.LiveSimulation`,
+* ``process``: :class:`~livedeid.io.sources.FileSource` -> ``build_processor(PipelineConfig())``
+  -> :class:`~livedeid.pipeline.processor.Pipeline`, every frame in order (``livedeid process``);
+* ``live``: the same file played in real time by :class:`~livedeid.io.sources.LiveSimulation`,
   frames skipped when processing is late (``livedeid run --camera clip.mp4``).
 
 The clean clip itself is scored too (mode ``input``, no protection) as the control: what
 each recogniser can find and match when nothing protects the faces. Scores are those of
-:mod:`livedeid.leaks`: leaked frames per recogniser (dlib, SFace on the output, matched to
+:mod:`livedeid.evaluation.leaks`: leaked frames per recogniser (dlib, SFace on the output, matched to
 the clean photo at the standard threshold), raw frames (a visible face's core untouched),
 hidden frames and PSNR. Prints one table and writes ``torture.json`` and ``torture.md``
 into ``--out``.
@@ -34,12 +34,12 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from livedeid.capture import FileSource, LiveSimulation, Source  # noqa: E402
-from livedeid.leaks import OutputFrame, protection_summary, recognizer_leaks, reference_embeddings  # noqa: E402
-from livedeid.pipeline import Pipeline, PipelineConfig, build_processor  # noqa: E402
-from livedeid.recognizers import get_recognizer  # noqa: E402
-from livedeid.sinks import NullSink  # noqa: E402
-from livedeid.torture import SCENARIOS_BY_NAME, Clip, make_torture_set  # noqa: E402
+from livedeid.evaluation.leaks import OutputFrame, protection_summary, recognizer_leaks, reference_embeddings  # noqa: E402
+from livedeid.evaluation.torture import SCENARIOS_BY_NAME, Clip, make_torture_set  # noqa: E402
+from livedeid.io.sinks import NullSink  # noqa: E402
+from livedeid.io.sources import FileSource, LiveSimulation, Source  # noqa: E402
+from livedeid.pipeline.processor import Pipeline, PipelineConfig, build_processor  # noqa: E402
+from livedeid.recognizers.base import get_recognizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

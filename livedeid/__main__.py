@@ -1,3 +1,3 @@
-from .cli import main
+from livedeid.cli.main import main
 
 raise SystemExit(main())

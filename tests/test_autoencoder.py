@@ -6,14 +6,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedeid.autoencoder import (IDENTITY_TAPS, SFACE_CHIP, DeidAutoencoder,  # noqa: E402
-                                  FaceFeatureEncoder, load_weights)
-from livedeid.errors import UserError  # noqa: E402
+from livedeid.core.errors import UserError  # noqa: E402
+from livedeid.nets.autoencoder import IDENTITY_TAPS, SFACE_CHIP, DeidAutoencoder, FaceFeatureEncoder, load_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def sface():
-    from livedeid.recognizers import get_recognizer
+    from livedeid.recognizers.base import get_recognizer
 
     try:
         return get_recognizer("sface")
@@ -73,8 +72,8 @@ def test_identity_branch_changes_the_residual_within_the_budget(identity_model):
 
 
 def test_identity_branch_weights_load_and_export_with_onnx_parity(identity_model, tmp_path):
-    from livedeid.export import export_model
-    from livedeid.model import load_spec
+    from livedeid.inference.manifest import load_spec
+    from livedeid.nets.export import export_model
 
     weights = tmp_path / "w.pt"
     torch.save(identity_model.state_dict(), weights)

@@ -7,14 +7,14 @@ import av
 import numpy as np
 import pytest
 import pyvirtualcam
-
 from conftest import assert_one_line_error, data_path, run_cli, video_info, write_video
-from livedeid.capture import FileSource
-from livedeid.cli import main
-from livedeid.composite import oval_mask
-from livedeid.model import load_spec, model_warning
-from livedeid.pipeline import FrameProcessor, Pipeline, PipelineConfig
-from livedeid.sinks import FileSink
+
+from livedeid.cli.main import main
+from livedeid.inference.manifest import load_spec, model_warning
+from livedeid.io.sinks import FileSink
+from livedeid.io.sources import FileSource
+from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
+from livedeid.protect.composite import oval_mask
 
 
 @pytest.mark.slow
@@ -183,7 +183,7 @@ def test_virtual_camera_receives_protected_bgr_frames_at_camera_rate(capsys):
     assert cam.fourcc == encode_fourcc(pyvirtualcam.PixelFormat.BGR.value)  # BGR: no conversion on our side
     assert len(cam.frames) >= 15
     frame = cam.frames[-1].reshape(360, 640, 3)
-    from livedeid.track import FaceTracker
+    from livedeid.tracking.mesh import FaceTracker
 
     with FaceTracker(static_images=True) as t:
         faces = t.detect(frame)
@@ -204,7 +204,7 @@ def test_monitor_heart_rate_on_pulse_clips_of_six_real_faces(tmp_path, capsys):
     known pulse (50..150 bpm), head motion, light flicker and sensor noise: MAE <= 1.5 bpm."""
     import json
 
-    from livedeid.synth import write_clip
+    from livedeid.io.synthetic import write_clip
 
     root = data_path("faces", "celebrities")
     photos = [sorted((root / f"id0{k}").glob("*.jpg"))[0] for k in range(1, 7)]

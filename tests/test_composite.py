@@ -3,10 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
-from livedeid.composite import apply_protection, face_oval_indices, hidden_box, hide_region, oval_mask
-from livedeid.frames import FaceTrack
-from livedeid.track import FaceTracker, alignment
-from livedeid.window import extract_crop
+from livedeid.core.records import FaceTrack
+from livedeid.protect.composite import apply_protection, face_oval_indices, hidden_box, hide_region, oval_mask
+from livedeid.protect.windows import extract_crop
+from livedeid.tracking.mesh import FaceTracker, alignment
 
 
 @pytest.fixture(scope="module")

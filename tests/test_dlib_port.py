@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedeid.dlib_port import (  # noqa: E402
+from livedeid.nets.dlib_port import (  # noqa: E402
     CHIP_SIZE,
     DESCRIPTOR_DIM,
     chip_to_tensor,

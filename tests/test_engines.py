@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from livedeid.engines import OnnxRuntimeEngine, TensorRTEngine, TorchEngine, create_engine, plan_cache_path
-from livedeid.errors import UserError
-from livedeid.model import load_spec, model_warning
+from livedeid.core.errors import UserError
+from livedeid.inference.engines import OnnxRuntimeEngine, TensorRTEngine, TorchEngine, create_engine, plan_cache_path
+from livedeid.inference.manifest import load_spec, model_warning
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -158,7 +158,7 @@ def test_tensorrt_fp16_close_to_cpu_reference(spec, windows, tmp_path):
 
 
 def _spec(**kw):
-    from livedeid.model import ModelSpec
+    from livedeid.inference.manifest import ModelSpec
 
     base = dict(name="deid", window=8, crop_size=128, max_perturbation=8 / 255, trained=True)
     return ModelSpec(**{**base, **kw})
@@ -175,7 +175,7 @@ def test_model_warning_says_what_protection_was_measured():
 
 @pytest.mark.parametrize("value", [{"dlib": 1.5}, {"dlib": "most"}, [0.5]])
 def test_manifest_with_a_bad_self_match_is_refused(tmp_path, value):
-    from livedeid.model import write_manifest
+    from livedeid.inference.manifest import write_manifest
 
     path = tmp_path / "m.json"
     write_manifest(_spec(), path)
@@ -187,7 +187,7 @@ def test_manifest_with_a_bad_self_match_is_refused(tmp_path, value):
 
 
 def test_export_reads_the_held_out_self_match_from_an_evaluation(tmp_path):
-    from livedeid.export import held_out_self_match
+    from livedeid.nets.export import held_out_self_match
 
     report = {"methods": {"trained": {"psnr": 34.0, "dlib": {"self_match": 0.25}, "sface": {"self_match": 0.75}},
                           "untrained": {"dlib": {"self_match": 1.0}}}}

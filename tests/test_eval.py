@@ -7,13 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import data_path
 from scipy.stats import norm
 
-from livedeid import evaluate as ev
-from livedeid.errors import UserError
-from livedeid.model import load_spec
-
-from conftest import data_path
+from livedeid.core.errors import UserError
+from livedeid.evaluation import runs as ev
+from livedeid.inference.manifest import load_spec
 
 
 # -- pure metrics ----------------------------------------------------------------------
@@ -85,7 +84,7 @@ def test_method_parsing():
 # -- filters on a real face --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def astronaut_region(astronaut_bgr):
-    from livedeid.track import FaceTracker
+    from livedeid.tracking.mesh import FaceTracker
 
     with FaceTracker(static_images=True) as tr:
         region = ev.find_region(tr, astronaut_bgr)
@@ -119,7 +118,7 @@ def test_region_metrics(astronaut_bgr, astronaut_region):
 # -- real recognisers ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def recognizers():
-    from livedeid.recognizers import available_recognizers
+    from livedeid.recognizers.base import available_recognizers
 
     recs = available_recognizers()
     if not recs:
@@ -147,7 +146,7 @@ def test_self_match_of_identical_images_is_total(recognizers, astronaut_bgr, ast
 
 # -- whole runs ------------------------------------------------------------------------------
 def test_bad_inputs_are_user_errors(tmp_path, capsys):
-    from livedeid.cli import main
+    from livedeid.cli.main import main
 
     assert main(["eval", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err

@@ -15,7 +15,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from conftest import ROOT, assert_one_line_error, data_path, run_cli, video_info, write_video
 
 
@@ -128,7 +127,7 @@ def test_bad_config_file_is_one_clear_error(tmp_path, name, text, message):
 
 
 def test_config_file_sets_options_and_command_line_wins(tmp_path):
-    from livedeid.cli import _resolve_pipeline_options, build_parser
+    from livedeid.cli.main import _resolve_pipeline_options, build_parser
 
     (tmp_path / "c.toml").write_text('fail_closed = "mask"\nmax_faces = 2\nhr_window_s = 8.0\n')
     args = build_parser().parse_args(["process", "in.mp4", "out.mp4", "--config", str(tmp_path / "c.toml"),

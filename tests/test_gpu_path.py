@@ -1,4 +1,4 @@
-"""The GPU-resident frame path (livedeid.gpu) and `livedeid bench`.
+"""The GPU-resident frame path (livedeid.pipeline.device) and `livedeid bench`.
 
 On a machine without a GPU the device path runs on the CPU (device="cpu", same code) and
 is compared with the numpy FrameProcessor on real frames; the CUDA/TensorRT tests are
@@ -13,12 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch not installed (the `train` extra)")
 
-from livedeid.composite import oval_mask  # noqa: E402
-from livedeid.engines import Engine, OnnxRuntimeEngine, TorchEngine  # noqa: E402
-from livedeid.frames import Frame  # noqa: E402
-from livedeid.gpu import DeviceFaceWindows, TorchFrameProcessor, grid_coefficients, sample_grid  # noqa: E402
-from livedeid.model import load_spec  # noqa: E402
-from livedeid.pipeline import FrameProcessor, PipelineConfig  # noqa: E402
+from livedeid.core.records import Frame  # noqa: E402
+from livedeid.inference.engines import Engine, OnnxRuntimeEngine, TorchEngine  # noqa: E402
+from livedeid.inference.manifest import load_spec  # noqa: E402
+from livedeid.pipeline.device import DeviceFaceWindows, TorchFrameProcessor, grid_coefficients, sample_grid  # noqa: E402
+from livedeid.pipeline.processor import FrameProcessor, PipelineConfig  # noqa: E402
+from livedeid.protect.composite import oval_mask  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -176,7 +176,7 @@ def test_device_failure_falls_back_to_cpu_then_fails_closed(astronaut_bgr, spec,
     assert _face_masks(frame)[np.any(frame.output != img, axis=2)].all()  # changed only in the mask
     # the fallback breaks too: every face is hidden, nothing raw goes out
     proc.engine = _BrokenDeviceEngine(spec)
-    import livedeid.pipeline as pl
+    import livedeid.pipeline.processor as pl
 
     monkeypatch.setattr(pl, "fallback_engine", lambda failed, spec: (_ for _ in ()).throw(RuntimeError("no ORT")))
     frame = proc.process(Frame(_scene(astronaut_bgr, 1), 1, 1 / 30))
@@ -215,10 +215,8 @@ def test_asynchronous_device_fault_redoes_the_frame_on_the_cpu(astronaut_bgr, sp
 
 # -- bench ------------------------------------------------------------------------------------
 def test_bench_quick_writes_markdown_and_json_with_ratios(tmp_path):
-    from livedeid.bench import run_bench
-    from livedeid.cli import build_parser, cmd_bench
-
-    from livedeid.cli import main
+    from livedeid.cli.main import build_parser, cmd_bench, main
+    from livedeid.evaluation.bench import run_bench
 
     assert build_parser().parse_args(["bench", "--quick", "--out", str(tmp_path)]).func is cmd_bench
     assert main(["bench", "--engines", "no-such-engine"]) == 2  # one-line user error, nothing run
@@ -319,7 +317,7 @@ def test_cuda_submit_overlap_matches_process(astronaut_bgr, spec):
 @pytest.mark.tensorrt
 @needs_trt
 def test_tensorrt_engine_and_frame_path(astronaut_bgr, spec, windows, cpu_engine, tmp_path):
-    from livedeid.engines import TensorRTEngine
+    from livedeid.inference.engines import TensorRTEngine
 
     eng = TensorRTEngine(spec, cache_dir=tmp_path)
     ref = cpu_engine(windows)

@@ -21,14 +21,14 @@ import pyvirtualcam  # noqa: E402
 from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QPushButton  # noqa: E402
 
-from livedeid.capture import open_source  # noqa: E402
-from livedeid.errors import UserError  # noqa: E402
+from livedeid.core.errors import UserError  # noqa: E402
+from livedeid.io.sinks import virtual_camera_hint  # noqa: E402
+from livedeid.io.sources import open_source  # noqa: E402
 from livedeid.panel import meter as meter_mod  # noqa: E402
 from livedeid.panel.common import LatestValue, UnprotectedImage  # noqa: E402
+from livedeid.panel.main_window import MainWindow  # noqa: E402
 from livedeid.panel.meter import PrivacyMeter  # noqa: E402
-from livedeid.panel.window import MainWindow  # noqa: E402
 from livedeid.panel.workers import PatientSettings, ScreenSource, SinkHub  # noqa: E402
-from livedeid.sinks import virtual_camera_hint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE_HR = 80.0
@@ -358,7 +358,7 @@ def test_closing_stops_threads_and_releases_everything(patient, qtbot):
 
 
 def test_monitor_mode_reads_the_heart_rate_of_a_file(qtbot, tmp_path):
-    from livedeid.synth import write_clip
+    from livedeid.io.synthetic import write_clip
 
     clip = tmp_path / "pulse.mp4"
     # CRF 0: the pulse is under one grey level, and write_clip's default CRF 12 already
@@ -440,7 +440,7 @@ def test_privacy_meter_shows_a_missing_recogniser_as_unavailable():
 
 
 def test_cli_without_pyside6_or_display_says_so_in_one_line(monkeypatch, capsys):
-    from livedeid.cli import main
+    from livedeid.cli.main import main
 
     monkeypatch.setitem(sys.modules, "PySide6", None)  # as if the gui extra were not installed
     assert main([]) == 2
@@ -474,8 +474,8 @@ def test_screen_region_source():
 
 
 def test_livedeid_without_a_command_opens_the_window(qapp, monkeypatch):
-    from livedeid.cli import main
-    from livedeid.panel import window as window_mod
+    from livedeid.cli.main import main
+    from livedeid.panel import main_window as window_mod
 
     # Never grab a developer's webcam in a test; CI machines have none, which this mirrors.
     monkeypatch.setattr(window_mod, "probe_cameras", lambda *a, **k: [])

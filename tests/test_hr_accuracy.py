@@ -2,7 +2,7 @@
 
 Each clip is a real photo given a known PPG pulse on its skin, moved about (random walk,
 roll, scale, head turns), lit by flickering, drifting light, with sensor noise. The
-estimate goes through the live path: livedeid.track.FaceTracker (MediaPipe face mesh,
+estimate goes through the live path: livedeid.tracking.mesh.FaceTracker (MediaPipe face mesh,
 tracking mode, every frame) -> mean_skin_rgb -> POS / CHROM / GREEN -> estimate_hr.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livedeid import rppg
-from livedeid.synth import Motion, SyntheticPulseSource, ppg_waveform
+from livedeid.io.synthetic import Motion, SyntheticPulseSource, ppg_waveform
+from livedeid.rppg.hr import hr as rppg
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBRITIES = DATA / "faces" / "celebrities"
@@ -32,7 +32,7 @@ def _clip_settings(seed: int) -> dict:
 
 def _measure(src: SyntheticPulseSource) -> dict[str, float]:
     """HR per method for one clip, through real tracking on every frame."""
-    from livedeid.track import FaceTracker
+    from livedeid.tracking.mesh import FaceTracker
 
     with FaceTracker(max_faces=1) as tracker:
         res, trace = rppg.hr_from_video(iter(src), tracker, "pos")
@@ -129,7 +129,7 @@ def test_pulse_lives_on_skin_and_is_mostly_green(still_source):
     # Changes only where the skin is: inside the face, not in the background corners.
     h, w = changed.shape
     assert not changed[: h // 8, : w // 8].any() and not changed[-h // 8:, -w // 8:].any()
-    from livedeid.track import FaceTracker
+    from livedeid.tracking.mesh import FaceTracker
 
     with FaceTracker(max_faces=1, static_images=True) as tr:
         lm = tr.update(src.frame(lo).image, 0.0)[0].landmarks
@@ -173,7 +173,7 @@ def test_ppg_waveform_shape():
 
 def test_write_clip_roundtrip(tmp_path):
     av = pytest.importorskip("av")
-    from livedeid.synth import write_clip
+    from livedeid.io.synthetic import write_clip
 
     truth = write_clip(tmp_path / "c.mp4", hr_bpm=77.0, duration_s=1.0, size=(320, 180), seed=2)
     assert truth["hr_bpm"] == 77.0 and truth["frame_count"] == 30

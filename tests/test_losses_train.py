@@ -11,9 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedeid.losses import (  # noqa: E402
-    DeidWeights, RecognizerHead, deid_loss, gallery_terms, pearson_loss, reconstruction_loss,
-    residual_temporal_loss, rppg_pearson_loss,
+from livedeid.training.losses import (  # noqa: E402
+    DeidWeights,
+    RecognizerHead,
+    deid_loss,
+    gallery_terms,
+    pearson_loss,
+    reconstruction_loss,
+    residual_temporal_loss,
+    rppg_pearson_loss,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -83,7 +89,7 @@ def test_gallery_terms_reward_moving_away_from_the_true_identity():
 def two_people():
     """Aligned 128 crops of two photos of one person and one photo of another."""
     _need_faces()
-    from livedeid.datasets import CROP, MARGIN, align_photo
+    from livedeid.training.data import CROP, MARGIN, align_photo
 
     paths = [FACES / "celebrities" / "id01" / "img26.jpg", FACES / "celebrities" / "id01" / "img27.jpg",
              FACES / "celebrities" / "id02" / sorted(p.name for p in (FACES / "celebrities" / "id02").iterdir())[0]]
@@ -97,7 +103,7 @@ def two_people():
 @pytest.fixture(scope="module")
 def dlib_head():
     pytest.importorskip("dlib")
-    from livedeid.recognizers import get_recognizer
+    from livedeid.recognizers.base import get_recognizer
 
     return RecognizerHead.from_recognizer(get_recognizer("dlib"))
 
@@ -137,7 +143,7 @@ def tiny_faces(tmp_path_factory):
 
 
 def test_face_clips_carry_the_pulse_and_split_by_identity(tiny_faces, tmp_path):
-    from livedeid.datasets import FaceClipSampler, prepare_faces, split_identities
+    from livedeid.training.data import FaceClipSampler, prepare_faces, split_identities
 
     faces = prepare_faces(tiny_faces, tmp_path / "cache.npz")
     assert len(faces) == 6
@@ -167,7 +173,7 @@ def test_face_clips_carry_the_pulse_and_split_by_identity(tiny_faces, tmp_path):
 
 def _write_pulse_video(path: Path, n: int, fs: float = 30.0, hr: float = 75.0):
     """A real face with a known pulse (the project's synthetic source), as frames."""
-    from livedeid.synth import SyntheticPulseSource
+    from livedeid.io.synthetic import SyntheticPulseSource
 
     # flicker=0: synth normalises its slow light drift by its std, which blows up on clips
     # much shorter than the drift (here 1.3 s).
@@ -179,7 +185,7 @@ def _write_pulse_video(path: Path, n: int, fs: float = 30.0, hr: float = 75.0):
 def test_ubfc_pure_and_folder_loaders_track_real_video(tmp_path):
     import av
 
-    from livedeid.datasets import VideoClipSampler, pure_items, ubfc_items, video_folder_items
+    from livedeid.training.data import VideoClipSampler, pure_items, ubfc_items, video_folder_items
 
     n = 40
     src, frames = _write_pulse_video(tmp_path, n)
@@ -226,7 +232,7 @@ def test_ubfc_pure_and_folder_loaders_track_real_video(tmp_path):
 @pytest.fixture(scope="module")
 def short_run(tiny_faces, tmp_path_factory):
     pytest.importorskip("dlib")
-    from livedeid.train import load_config, train
+    from livedeid.training.loop import load_config, train
 
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(None, [f"out_dir={out}", f"data.faces_root={tiny_faces}", f"data.cache={out / 'c.npz'}",
@@ -250,7 +256,7 @@ def test_short_training_lowers_the_loss_and_resumes(short_run):
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     assert ck["step"] == 16 and set(ck) == {"model", "optim", "step"}
     # Resuming past the end trains nothing more and keeps the log.
-    from livedeid.train import train
+    from livedeid.training.loop import train
 
     cfg2 = dict(cfg)
     r2 = train(cfg2, progress=False)
@@ -258,16 +264,16 @@ def test_short_training_lowers_the_loss_and_resumes(short_run):
 
 
 def test_unknown_setting_is_refused():
-    from livedeid.errors import UserError
-    from livedeid.train import load_config
+    from livedeid.core.errors import UserError
+    from livedeid.training.loop import load_config
 
     with pytest.raises(UserError, match="unknown training setting"):
         load_config(None, ["lossss.alpha=1"])
 
 
 def test_trained_weights_export_with_onnx_parity(short_run, tmp_path):
-    from livedeid.export import export_model
-    from livedeid.model import load_spec
+    from livedeid.inference.manifest import load_spec
+    from livedeid.nets.export import export_model
 
     _, result = short_run
     lines = list(export_model(weights=Path(result["weights"]), out_dir=tmp_path, trained=True, notes="test"))
@@ -281,8 +287,8 @@ def test_identity_branch_warm_starts_from_pixel_only_weights(short_run, tiny_fac
     # A model with the identity branch, started from a pixel-only run's weights (step 0):
     # the branch's zero-initialised head makes it the same function, and its encoder holds
     # SFace's own weights.
-    from livedeid.autoencoder import load_weights
-    from livedeid.train import load_config, train
+    from livedeid.nets.autoencoder import load_weights
+    from livedeid.training.loop import load_config, train
 
     pytest.importorskip("onnxruntime")
     cfg0, first = short_run
@@ -302,8 +308,8 @@ def test_identity_branch_warm_starts_from_pixel_only_weights(short_run, tiny_fac
 
 
 def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_path):
-    from livedeid.errors import UserError
-    from livedeid.train import load_config, train
+    from livedeid.core.errors import UserError
+    from livedeid.training.loop import load_config, train
 
     _, first = short_run
     cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", f"data.faces_root={tiny_faces}",
@@ -315,7 +321,7 @@ def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_pa
 
 
 def test_export_rule_needs_fewer_matches_and_kept_quality():
-    from livedeid.train import better_than_untrained
+    from livedeid.training.loop import better_than_untrained
 
     def report(t_dlib, t_sface, psnr=34.0, hr_change=0.1):
         return {"methods": {"trained": {"psnr": psnr, "dlib": {"self_match": t_dlib}, "sface": {"self_match": t_sface}},

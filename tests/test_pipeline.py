@@ -3,13 +3,13 @@ import cv2
 import numpy as np
 import pytest
 
-from livedeid.capture import Source
-from livedeid.composite import oval_mask
-from livedeid.engines import Engine
-from livedeid.errors import UserError
-from livedeid.frames import Frame
-from livedeid.pipeline import FrameProcessor, Pipeline, PipelineConfig
-from livedeid.sinks import NullSink
+from livedeid.core.errors import UserError
+from livedeid.core.records import Frame
+from livedeid.inference.engines import Engine
+from livedeid.io.sinks import NullSink
+from livedeid.io.sources import Source
+from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
+from livedeid.protect.composite import oval_mask
 
 
 def _scene(face, i, size=(800, 450)):
@@ -109,7 +109,7 @@ def test_engine_failure_falls_back_then_fails_closed(astronaut_bgr, monkeypatch)
     assert frame.faces[0].protected is not None and frame.fail_closed_regions == 0
     # now the fallback breaks too: every face is hidden, nothing raw goes out
     proc.engine = BrokenEngine(spec)
-    import livedeid.pipeline as pl
+    import livedeid.pipeline.processor as pl
 
     monkeypatch.setattr(pl, "fallback_engine", lambda failed, spec: (_ for _ in ()).throw(RuntimeError("no ORT")))
     frame = proc.process(Frame(_scene(astronaut_bgr, 1), 1, 1 / 30))
@@ -182,7 +182,7 @@ def test_live_simulation_keeps_real_time_when_the_reader_stalls():
     camera; it never receives a burst of stale frames with compressed time."""
     import time as _time
 
-    from livedeid.capture import LiveSimulation
+    from livedeid.io.sources import LiveSimulation
 
     images = [np.full((8, 8, 3), i, np.uint8) for i in range(300)]
     live = LiveSimulation(lambda: ListSource(images, fps=100.0), loop=True)
@@ -205,7 +205,7 @@ def test_pipeline_drives_an_overlapped_processor_in_order(astronaut_bgr):
     """The GPU frame path's submit()/flush() (one frame in flight) through the threaded
     pipeline, on the CPU device: every frame comes out once, in order."""
     pytest.importorskip("torch")
-    from livedeid.gpu import TorchFrameProcessor
+    from livedeid.pipeline.device import TorchFrameProcessor
 
     images = [_scene(astronaut_bgr, i) for i in range(8)]
     for k, im in enumerate(images):
@@ -229,7 +229,7 @@ def test_camera_disconnect_reconnects_and_keeps_the_virtual_camera_fed(astronaut
     import threading
     import time as _time
 
-    from livedeid.capture import CameraLost
+    from livedeid.io.sources import CameraLost
 
     class FlakyCamera(ListSource):
         def __init__(self):

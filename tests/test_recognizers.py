@@ -15,8 +15,8 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from livedeid import recognizers as R  # noqa: E402
-from livedeid.errors import UserError  # noqa: E402
+from livedeid.core.errors import UserError  # noqa: E402
+from livedeid.recognizers.base import base as R  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEB = DATA / "faces" / "celebrities"
@@ -195,9 +195,9 @@ def test_torch_training_path(evaluated, celebs, landmarks):
     rec, faces, emb = evaluated
     if rec.name == "dlib":
         try:
-            import livedeid.dlib_port  # noqa: F401
+            import livedeid.nets.dlib_port  # noqa: F401
         except Exception as exc:  # the port is another module's job; test it only if present
-            pytest.skip(f"livedeid.dlib_port unavailable: {exc}")
+            pytest.skip(f"livedeid.nets.dlib_port unavailable: {exc}")
     module = rec.torch_module()
     idx = [k for k, (img, lm) in enumerate(zip(celebs, landmarks))
            if R.crop_chip_pair(img[1], lm, faces[k], CROP) is not None][:4]

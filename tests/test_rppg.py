@@ -1,4 +1,4 @@
-"""Unit tests of livedeid.rppg on traces whose heart rate is known by construction."""
+"""Unit tests of livedeid.rppg.hr on traces whose heart rate is known by construction."""
 from __future__ import annotations
 
 import time
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from livedeid import rppg
+from livedeid.rppg.hr import hr as rppg
 
 FS = 30.0
 SIGNATURE = np.array([0.33, 0.77, 0.53])  # RGB pulse direction assumed by POS

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from livedeid.synth import SyntheticPulseSource
+from livedeid.io.synthetic import SyntheticPulseSource
 
 
 @pytest.mark.parametrize("seconds", [0.5, 2.0, 20.0])

@@ -11,12 +11,12 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-
 from conftest import data_path
-from livedeid.capture import FileSource
-from livedeid.errors import UserError
-from livedeid.leaks import OutputFrame, core_box, protection_summary, recognizer_leaks, reference_embeddings
-from livedeid.torture import FPS, SCENARIOS, SCENARIOS_BY_NAME, make_clip, make_torture_set, pick_people
+
+from livedeid.core.errors import UserError
+from livedeid.evaluation.leaks import OutputFrame, core_box, protection_summary, recognizer_leaks, reference_embeddings
+from livedeid.evaluation.torture import FPS, SCENARIOS, SCENARIOS_BY_NAME, make_clip, make_torture_set, pick_people
+from livedeid.io.sources import FileSource
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_unknown_scenario_is_refused(faces_root, tmp_path):
 
 @pytest.fixture(scope="module")
 def sface():
-    from livedeid.recognizers import get_recognizer
+    from livedeid.recognizers.base import get_recognizer
 
     try:
         return get_recognizer("sface")

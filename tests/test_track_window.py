@@ -2,10 +2,10 @@
 import cv2
 import numpy as np
 
-from livedeid.frames import FaceTrack
-from livedeid.model import crop_template, five_points
-from livedeid.track import FaceTracker, OneEuroFilter, alignment, similarity_transform
-from livedeid.window import FaceWindows, extract_crop
+from livedeid.core.records import FaceTrack
+from livedeid.inference.manifest import crop_template, five_points
+from livedeid.protect.windows import FaceWindows, extract_crop
+from livedeid.tracking.mesh import FaceTracker, OneEuroFilter, alignment, similarity_transform
 
 
 def _place(face: np.ndarray, size=(800, 450), shift=(0, 0), angle=0.0, scale=1.3) -> np.ndarray:
@@ -36,7 +36,7 @@ def test_alignment_inverse_is_exact_and_template_fits(astronaut_bgr):
     mapped = five_points(faces[0]) @ to_crop[:, :2].T + to_crop[:, 2]
     assert np.abs(mapped - crop_template(128)).max() < 0.25 * 128 / 4
     # the whole face oval lands inside the crop
-    from livedeid.composite import face_oval_indices
+    from livedeid.protect.composite import face_oval_indices
 
     oval = faces[0][face_oval_indices()] @ to_crop[:, :2].T + to_crop[:, 2]
     assert oval.min() >= 0 and oval.max() <= 128

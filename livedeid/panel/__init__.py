@@ -12,7 +12,7 @@ import platform
 import signal
 import sys
 
-from ..errors import UserError
+from livedeid.core.errors import UserError
 
 GUI_HINT = "pip install 'livedeid[gui]'"
 
@@ -36,7 +36,7 @@ def run_panel(settings=None, *, mode: str = "patient", monitor_source: str | Non
     require_gui()
     from PySide6.QtWidgets import QApplication
 
-    from .window import MainWindow
+    from livedeid.panel.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("livedeid")

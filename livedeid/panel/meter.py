@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UserError
-from .common import LatestValue
+from livedeid.core.errors import UserError
+from livedeid.panel.common import LatestValue
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class PrivacyMeter:
     def __init__(self, names: tuple[str, ...] = RECOGNIZER_NAMES, interval_s: float = 0.7,
                  loader: Callable | None = None):
         if loader is None:
-            from ..recognizers import get_recognizer as loader
+            from livedeid.recognizers.base import get_recognizer as loader
         self.names = tuple(names)
         self.interval_s = float(interval_s)
         self._loader = loader

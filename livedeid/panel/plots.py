@@ -1,6 +1,6 @@
 """Heart-rate panel: the big number, a quality light, the pulse and its spectrum.
 
-Fed with :class:`livedeid.rppg.HRReading` (about once a second); a poor reading is never
+Fed with :class:`livedeid.rppg.hr.HRReading` (about once a second); a poor reading is never
 shown as a number - the light turns red and says "no reading".
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPolygonF
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from .common import FaceView
+from livedeid.panel.common import FaceView
 
 COLOURS = {
     "protected": QColor("#1e9e5a"),

@@ -2,12 +2,12 @@
 the screen source. Plain threads, no Qt: the window polls what they publish, and all of
 it runs (and is tested) without a display.
 
-* :class:`PipelineWorker` builds the same :class:`~livedeid.pipeline.Pipeline` that
+* :class:`PipelineWorker` builds the same :class:`~livedeid.pipeline.processor.Pipeline` that
   ``livedeid run`` uses - source, :class:`PanelProcessor`, one :class:`SinkHub` - and
   runs it on its own thread. Its listener only copies references into a
   :class:`~livedeid.panel.common.LatestValue`; it never touches a widget.
 * :class:`MonitorWorker` is ``livedeid monitor`` as a thread: tracking, skin colour and
-  :class:`~livedeid.rppg.StreamingHR` on a file, camera or screen region; nothing is
+  :class:`~livedeid.rppg.hr.StreamingHR` on a file, camera or screen region; nothing is
   de-identified.
 """
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..capture import Source, open_source
-from ..errors import UserError
-from ..frames import Frame
-from ..pipeline import FrameProcessor, Pipeline, PipelineConfig
-from ..sinks import FileSink, Sink, VirtualCameraSink, virtual_camera_hint
-from .common import LatestValue, Snapshot, UnprotectedImage, face_views
+from livedeid.core.errors import UserError
+from livedeid.core.records import Frame
+from livedeid.io.sinks import FileSink, Sink, VirtualCameraSink, virtual_camera_hint
+from livedeid.io.sources import Source, open_source
+from livedeid.panel.common import LatestValue, Snapshot, UnprotectedImage, face_views
+from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -420,8 +420,8 @@ class MonitorWorker:
         return self.thread.is_alive()
 
     def _run(self) -> None:
-        from ..rppg import StreamingHR, mean_skin_rgb
-        from ..track import FaceTracker
+        from livedeid.rppg.hr import StreamingHR, mean_skin_rgb
+        from livedeid.tracking.mesh import FaceTracker
 
         source = tracker = None
         try:

