@@ -42,9 +42,10 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int]) -> None:
 
 
 def run_livedeid(clip: Path, out: Path, engine: str) -> dict:
+    from livedeid.core.settings import PipelineConfig
     from livedeid.io.sinks import FileSink
     from livedeid.io.sources import FileSource
-    from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
+    from livedeid.pipeline.processor import FrameProcessor, Pipeline
 
     src = FileSource(clip)
     proc = FrameProcessor(PipelineConfig(engine=engine))

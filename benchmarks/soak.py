@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup_minutes >= args.minutes:
         ap.error("--warmup-minutes must be shorter than --minutes")
 
+    from livedeid.core.settings import PipelineConfig
     from livedeid.io.sinks import NullSink, VirtualCameraSink
     from livedeid.io.sources import LiveSimulation, open_source
-    from livedeid.pipeline.processor import Pipeline, PipelineConfig, build_processor
+    from livedeid.pipeline.processor import Pipeline, build_processor
 
     if args.source.startswith("synthetic"):
         # The synthetic clip is long enough that one loop covers the whole soak at the

@@ -34,11 +34,12 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from livedeid.core.settings import PipelineConfig
 from livedeid.evaluation.leaks import OutputFrame, protection_summary, recognizer_leaks, reference_embeddings  # noqa: E402
 from livedeid.evaluation.torture import SCENARIOS_BY_NAME, Clip, make_torture_set  # noqa: E402
 from livedeid.io.sinks import NullSink  # noqa: E402
 from livedeid.io.sources import FileSource, LiveSimulation, Source  # noqa: E402
-from livedeid.pipeline.processor import Pipeline, PipelineConfig, build_processor  # noqa: E402
+from livedeid.pipeline.processor import Pipeline, build_processor  # noqa: E402
 from livedeid.recognizers.base import get_recognizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

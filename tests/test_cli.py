@@ -10,10 +10,11 @@ import pyvirtualcam
 from conftest import assert_one_line_error, data_path, run_cli, video_info, write_video
 
 from livedeid.cli.main import main
+from livedeid.core.settings import PipelineConfig
 from livedeid.inference.manifest import load_spec, model_warning
 from livedeid.io.sinks import FileSink
 from livedeid.io.sources import FileSource
-from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
+from livedeid.pipeline.processor import FrameProcessor, Pipeline
 from livedeid.protect.composite import oval_mask
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from livedeid.io.synthetic import Motion, SyntheticPulseSource, ppg_waveform
-from livedeid.rppg.hr import hr as rppg
+from livedeid.rppg import hr as rppg
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBRITIES = DATA / "faces" / "celebrities"

@@ -5,10 +5,11 @@ import pytest
 
 from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
+from livedeid.core.settings import PipelineConfig
 from livedeid.inference.engines import Engine
 from livedeid.io.sinks import NullSink
 from livedeid.io.sources import Source
-from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
+from livedeid.pipeline.processor import FrameProcessor, Pipeline
 from livedeid.protect.composite import oval_mask
 
 

@@ -16,7 +16,8 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from livedeid.core.errors import UserError  # noqa: E402
-from livedeid.recognizers.base import base as R  # noqa: E402
+from livedeid.core.geometry import apply_affine  # noqa: E402
+from livedeid.recognizers import base as R  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEB = DATA / "faces" / "celebrities"
@@ -146,7 +147,7 @@ def test_crop_to_chip_constants_match_a_fresh_fit(evaluated, celebs, landmarks):
     shipped = rec.crop_to_chip(CROP)
     g = np.linspace(0, CROP, 5)
     pts = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
-    moved = np.abs(R._apply_affine(fitted, pts) - R._apply_affine(shipped, pts)).max()
+    moved = np.abs(apply_affine(fitted, pts) - apply_affine(shipped, pts)).max()
     assert moved < 1.0, f"refit moves chip points by {moved:.2f} px: update _UNIT_CROP_TO_CHIP"
 
 

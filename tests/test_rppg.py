@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from livedeid.rppg.hr import hr as rppg
+from livedeid.rppg import hr as rppg
 
 FS = 30.0
 SIGNATURE = np.array([0.33, 0.77, 0.53])  # RGB pulse direction assumed by POS

@@ -2,10 +2,10 @@
 import cv2
 import numpy as np
 
+from livedeid.core.geometry import crop_template, five_points, similarity_fit
 from livedeid.core.records import FaceTrack
-from livedeid.inference.manifest import crop_template, five_points
 from livedeid.protect.windows import FaceWindows, extract_crop
-from livedeid.tracking.mesh import FaceTracker, OneEuroFilter, alignment, similarity_transform
+from livedeid.tracking.mesh import FaceTracker, OneEuroFilter, alignment
 
 
 def _place(face: np.ndarray, size=(800, 450), shift=(0, 0), angle=0.0, scale=1.3) -> np.ndarray:
@@ -21,7 +21,7 @@ def test_similarity_transform_recovers_known_motion():
     src = rng.uniform(0, 100, (5, 2))
     true = cv2.getRotationMatrix2D((10, 20), 17.0, 1.3)
     dst = src @ true[:, :2].T + true[:, 2]
-    est = similarity_transform(src, dst)
+    est = similarity_fit(src, dst)
     assert np.allclose(est, true, atol=1e-4)
 
 

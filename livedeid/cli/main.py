@@ -23,15 +23,14 @@ from livedeid import __version__  # noqa: E402
 from livedeid.core.errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:
-    from livedeid.pipeline.processor import PipelineConfig
+    from livedeid.core.settings import PipelineConfig
 
 log = logging.getLogger("livedeid")
 
 
 # -- shared options ------------------------------------------------------------------------
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
-    from livedeid.inference.engines import ENGINE_NAMES
-    from livedeid.protect.composite import FAIL_CLOSED_POLICIES
+    from livedeid.core.settings import ENGINE_NAMES, FAIL_CLOSED_POLICIES
 
     # Defaults are None so that a value given on the command line can be told apart from
     # one to take from --config (or, failing that, from PipelineConfig's defaults).
@@ -69,7 +68,7 @@ _CLI_CONFIG_FIELDS = {"engine": "engine", "model": "manifest", "fail_closed": "f
 def _resolve_pipeline_options(args) -> None:
     """Fill the pipeline options: command line > --config file > PipelineConfig defaults.
     Afterwards every command reads plain values from ``args`` and ``_config(args)``."""
-    from livedeid.pipeline.processor import PipelineConfig, load_pipeline_config
+    from livedeid.core.settings import PipelineConfig, load_pipeline_config
 
     config = load_pipeline_config(args.config) if args.config else PipelineConfig()
     for arg, field_name in _CLI_CONFIG_FIELDS.items():

@@ -140,7 +140,8 @@ def _pct(values) -> dict[str, float]:
 
 
 def _processor(case: Case, engine: Engine, spec: ModelSpec):
-    from livedeid.pipeline.processor import FrameProcessor, PipelineConfig
+    from livedeid.core.settings import PipelineConfig
+    from livedeid.pipeline.processor import FrameProcessor
 
     if case.path == "device":
         from livedeid.pipeline.device import TorchFrameProcessor

@@ -410,7 +410,8 @@ class ModelMethod(Method):
         self.untracked_images = 0
 
     def _processor(self):
-        from livedeid.pipeline.processor import FrameProcessor, PipelineConfig
+        from livedeid.core.settings import PipelineConfig
+        from livedeid.pipeline.processor import FrameProcessor
 
         return FrameProcessor(PipelineConfig(engine="onnxruntime", manifest=self.manifest), self.spec, self.engine)
 

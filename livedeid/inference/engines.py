@@ -22,11 +22,11 @@ import numpy as np
 
 from livedeid import assets
 from livedeid.core.errors import UserError
+from livedeid.core.settings import ENGINE_NAMES
 from livedeid.inference.manifest import ModelSpec, sha256_file, verified_file
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "onnxruntime", "torch", "tensorrt")
 MAX_FACES = 4
 
 

@@ -21,52 +21,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from livedeid.assets import engines_dir
 from livedeid.core.errors import UserError
 
 ENGINES_DIR = engines_dir()
 DEFAULT_MANIFEST = ENGINES_DIR / "deid.json"
-
-# ArcFace's 5-point template for 112x112 crops (left eye, right eye, nose tip, left and
-# right mouth corner). We shrink and lift it so that the whole MediaPipe face oval, forehead
-# to chin, fits inside the crop with a margin (measured on the celebrity photos: the oval
-# spans about x 22..106, y 14..114 of a 128 crop).
-_ARCFACE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float64,
-)
-_TEMPLATE_SCALE = 0.9
-_TEMPLATE_LIFT = 14.0 / 128.0
-
-# MediaPipe face-mesh indices for the template's five points. Eye centres are the mean of
-# the two eye corners rather than the iris, which moves with gaze and would shake the crop.
-_EYE_CORNERS = ((33, 133), (362, 263))
-_NOSE_TIP = 1
-_MOUTH_CORNERS = (61, 291)
-
-
-def five_points(landmarks: np.ndarray) -> np.ndarray:
-    """The (5, 2) alignment points of a (478, 2) face-mesh landmark array, in template order
-    (image-left eye, image-right eye, nose tip, image-left and image-right mouth corner)."""
-    lm = np.asarray(landmarks, dtype=np.float64)
-    return np.stack(
-        [
-            lm[list(_EYE_CORNERS[0])].mean(axis=0),
-            lm[list(_EYE_CORNERS[1])].mean(axis=0),
-            lm[_NOSE_TIP],
-            lm[_MOUTH_CORNERS[0]],
-            lm[_MOUTH_CORNERS[1]],
-        ]
-    )
-
-
-def crop_template(crop_size: int) -> np.ndarray:
-    """Five template points (5, 2) in pixel coordinates of a ``crop_size`` square crop."""
-    centre = np.array([crop_size / 2.0, crop_size / 2.0 - _TEMPLATE_LIFT * crop_size])
-    return (_ARCFACE_112 - 56.0) * _TEMPLATE_SCALE * (crop_size / 112.0) + centre
-
 
 @dataclass(frozen=True)
 class ModelSpec:

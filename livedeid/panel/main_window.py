@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
 
 from livedeid.assets import ui_dir
 from livedeid.core.errors import UserError
-from livedeid.inference.engines import ENGINE_NAMES
+from livedeid.core.settings import ENGINE_NAMES, FAIL_CLOSED_POLICIES
 from livedeid.io.sinks import virtual_camera_hint
 from livedeid.io.sources import CameraSource, FileSource, open_source
 from livedeid.panel import meter as meter_mod
@@ -55,7 +55,6 @@ from livedeid.panel.workers import (
     probe_cameras,
     screen_monitors,
 )
-from livedeid.protect.composite import FAIL_CLOSED_POLICIES
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,11 @@ import numpy as np
 
 from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
+from livedeid.core.settings import PipelineConfig
 from livedeid.io.sinks import FileSink, Sink, VirtualCameraSink, virtual_camera_hint
 from livedeid.io.sources import Source, open_source
 from livedeid.panel.common import LatestValue, Snapshot, UnprotectedImage, face_views
-from livedeid.pipeline.processor import FrameProcessor, Pipeline, PipelineConfig
+from livedeid.pipeline.processor import FrameProcessor, Pipeline
 
 log = logging.getLogger(__name__)
 

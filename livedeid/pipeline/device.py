@@ -53,9 +53,10 @@ import numpy as np
 
 from livedeid.core.errors import UserError
 from livedeid.core.records import FaceTrack, Frame
+from livedeid.core.settings import PipelineConfig
 from livedeid.inference.engines import Engine, EngineUnavailable, TensorRTEngine, TorchEngine
 from livedeid.inference.manifest import ModelSpec, load_spec
-from livedeid.pipeline.processor import FrameProcessor, PipelineConfig
+from livedeid.pipeline.processor import FrameProcessor
 from livedeid.protect.composite import apply_protection, oval_mask
 from livedeid.protect.windows import FaceWindows
 

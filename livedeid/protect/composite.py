@@ -17,8 +17,6 @@ import numpy as np
 
 from livedeid.core.records import FaceTrack
 
-FAIL_CLOSED_POLICIES = ("blur", "mask", "hold")
-
 
 @lru_cache(maxsize=1)
 def face_oval_indices() -> np.ndarray:

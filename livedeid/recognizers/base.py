@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from livedeid.core.errors import UserError
+from livedeid.core.geometry import apply_affine, compose_affine, invert_affine, similarity_fit
 
 # ArcFace's 5-point template for 112x112 chips (left eye, right eye, nose tip, left and right
 # mouth corner, image left first). SFace was trained on crops aligned to it; livedeid's
@@ -105,37 +106,6 @@ def _package_dir(package: str) -> Path | None:
 def _require(module: str, hint: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise UserError(f"python package '{module}' is not installed ({hint})")
-
-
-def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, shift) mapping ``src`` points onto
-    ``dst`` points (Umeyama), as a 2x3 matrix for ``cv2.warpAffine``."""
-    from skimage.transform import SimilarityTransform
-
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
-        tf = SimilarityTransform.from_estimate(src, dst)
-        ok = bool(tf)
-    else:
-        tf = SimilarityTransform()
-        ok = tf.estimate(src, dst)
-    if not ok:
-        raise ValueError(f"similarity fit failed for {len(src)} points")
-    return np.asarray(tf.params[:2], dtype=np.float64)
-
-
-def _invert_affine(m: np.ndarray) -> np.ndarray:
-    full = np.vstack([m, [0.0, 0.0, 1.0]])
-    return np.linalg.inv(full)[:2]
-
-
-def _compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """outer(inner(p)) as one 2x3 matrix."""
-    return (np.vstack([outer, [0.0, 0.0, 1.0]]) @ np.vstack([inner, [0.0, 0.0, 1.0]]))[:2]
-
-
-def _apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ m[:, :2].T + m[:, 2]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -518,8 +488,8 @@ class Recognizer:
         def to_norm(size):  # pixel -> normalised
             return np.array([[2.0 / size, 0.0, 1.0 / size - 1.0], [0.0, 2.0 / size, 1.0 / size - 1.0]])
 
-        chip_to_crop = _invert_affine(self.crop_to_chip(crop_size))
-        theta = _compose_affine(to_norm(crop_size), _compose_affine(chip_to_crop, _invert_affine(to_norm(self.chip_size))))
+        chip_to_crop = invert_affine(self.crop_to_chip(crop_size))
+        theta = compose_affine(to_norm(crop_size), compose_affine(chip_to_crop, invert_affine(to_norm(self.chip_size))))
         return theta.astype(np.float32)
 
     def __repr__(self) -> str:
@@ -615,7 +585,7 @@ class DlibRecognizer(Recognizer):
         for _ in range(2):
             sol = np.linalg.lstsq(design[keep], target[keep], rcond=None)[0]
             keep &= np.abs(design @ sol - target).max(axis=1) < 0.25
-        return _invert_affine(sol.T)
+        return invert_affine(sol.T)
 
     def embed_faces(self, image_bgr: np.ndarray) -> list[FaceEmbedding]:
         # As the base class, without measuring chip transforms it does not need.
@@ -804,7 +774,7 @@ def fit_crop_to_chip(pairs, chip_size: int, grid: int = 9) -> np.ndarray:
     all samples are pooled into one fit. ``pairs`` from :func:`crop_chip_pairs`."""
     g = np.linspace(0.15 * chip_size, 0.85 * chip_size, grid)
     chip_pts = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
-    src = [_apply_affine(_compose_affine(m_crop, _invert_affine(m_chip)), chip_pts) for m_crop, m_chip in pairs]
+    src = [apply_affine(compose_affine(m_crop, invert_affine(m_chip)), chip_pts) for m_crop, m_chip in pairs]
     if not src:
         raise ValueError("no faces to fit")
     return similarity_fit(np.concatenate(src), np.concatenate([chip_pts] * len(src)))

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from livedeid.core.geometry import crop_template, five_points, similarity_fit
 from livedeid.core.records import FaceTrack
-from livedeid.inference.manifest import crop_template, five_points
 
 N_LANDMARKS = 478
 
@@ -55,17 +55,6 @@ class OneEuroFilter:
         return self._x
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` to
-    ``dst`` points, as a 2x3 matrix (Umeyama's closed form via OpenCV's estimator)."""
-    m, _ = cv2.estimateAffinePartial2D(
-        src.astype(np.float32), dst.astype(np.float32), method=cv2.LMEDS
-    )
-    if m is None:  # degenerate points (all equal): identity keeps things defined
-        m = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    return m.astype(np.float64)
-
-
 def alignment(landmarks: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray, float]:
     """(to_crop, from_crop, fit_error) for one face.
 
@@ -75,7 +64,10 @@ def alignment(landmarks: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.nda
     """
     template = crop_template(crop_size)
     pts = five_points(landmarks)
-    to_crop = similarity_transform(pts, template)
+    try:
+        to_crop = similarity_fit(pts, template)
+    except ValueError:  # degenerate points (all equal): identity keeps things defined
+        to_crop = np.array([[1.0, 0, 0], [0, 1.0, 0]])
     from_crop = cv2.invertAffineTransform(to_crop)
     mapped = pts @ to_crop[:, :2].T + to_crop[:, 2]
     iod = float(np.linalg.norm(template[1] - template[0]))

@@ -420,7 +420,8 @@ def protect_image(image, spec, fn, repeats: int = 8):
     """Run the live pipeline on ``repeats`` copies of a still image (fills the window);
     returns (output image, face landmarks or None)."""
     from livedeid.core.records import Frame
-    from livedeid.pipeline.processor import FrameProcessor, PipelineConfig
+    from livedeid.core.settings import PipelineConfig
+    from livedeid.pipeline.processor import FrameProcessor
 
     proc = FrameProcessor(PipelineConfig(engine="onnxruntime"), spec=spec, engine=_fn_engine(spec, fn))
     try:
@@ -580,8 +581,9 @@ def _method_report(recs, clean, outs, labels, p, s, n):
 def hr_check(model, spec, photo_paths, clips: int, seconds: float) -> list[dict]:
     """Synthetic pulse clips of held-out faces through the live pipeline: heart rate of
     the input vs the output (both read the same way: POS on forehead + cheeks)."""
+    from livedeid.core.settings import PipelineConfig
     from livedeid.io.synthetic import SyntheticPulseSource
-    from livedeid.pipeline.processor import FrameProcessor, PipelineConfig, TraceRecorder
+    from livedeid.pipeline.processor import FrameProcessor, TraceRecorder
 
     out = []
     for k, path in enumerate(photo_paths[:clips]):
