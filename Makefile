@@ -1,12 +1,13 @@
 # Two commands (see README):
 #   make demo   sets up the patient's install (no torch) and runs the camera-free demo
-#   make test   sets up the developer install (all extras) and runs the test suite
+#   make test   sets up the developer install (all extras), lints, checks a non-editable
+#               install (doctor + demo) and runs the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test setup setup-dev clean
+.PHONY: demo test lint install-check setup setup-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +34,27 @@ demo: setup
 	mkdir -p out
 	$(BIN)/livedeid demo --out out/demo.mp4 --report out/demo_hr.json
 
-test: setup-dev
+# Lint gates the tests (pyflakes, import order, absolute imports inside the package).
+lint: setup-dev
+	$(BIN)/ruff check livedeid tests benchmarks
+
+# A normal (non-editable) install into a fresh virtual environment, outside the checkout:
+# proves the wheel carries the model and Qt assets (importlib.resources) and that the
+# patient's commands run from it.
+INSTALL_CHECK := build/install-check
+install-check:
+	rm -rf $(INSTALL_CHECK)
+	$(PYTHON) -m venv $(INSTALL_CHECK)/venv
+	$(INSTALL_CHECK)/venv/bin/python -m pip install -q --upgrade pip
+	$(INSTALL_CHECK)/venv/bin/python -m pip install -q .
+	cd $(INSTALL_CHECK) && venv/bin/livedeid doctor --no-cameras \
+	  && venv/bin/livedeid demo --seconds 12 -q --out demo.mp4 --report demo_hr.json \
+	  && venv/bin/python -c "import json, livedeid.assets as a; \
+	     assert 'site-packages' in str(a.engines_dir()), a.engines_dir(); \
+	     r = json.load(open('demo_hr.json')); print('install-check: ok,', a.engines_dir())"
+
+test: lint install-check
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -rs
 
 clean:
-	rm -rf $(VENV) out test-artifacts
+	rm -rf $(VENV) out test-artifacts build

@@ -45,7 +45,8 @@ def run_livedeid(clip: Path, out: Path, engine: str) -> dict:
     from livedeid.core.settings import PipelineConfig
     from livedeid.io.sinks import FileSink
     from livedeid.io.sources import FileSource
-    from livedeid.pipeline.processor import FrameProcessor, Pipeline
+    from livedeid.pipeline.processor import FrameProcessor
+    from livedeid.pipeline.runner import Pipeline
 
     src = FileSource(clip)
     proc = FrameProcessor(PipelineConfig(engine=engine))

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         baseline = args.baseline
         if baseline is None:
-            from livedeid.nets.export import export_model
+            from livedeid.training.export import export_model
 
             for _ in export_model(out_dir=Path(tmp), name="pixel_only"):
                 pass

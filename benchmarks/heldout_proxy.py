@@ -30,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from livedeid.nets.autoencoder import DeidAutoencoder
-    from livedeid.training import loop as T
-    from livedeid.training.data import FaceClipSampler
+    from livedeid.training.config import load_config
+    from livedeid.training.data import FaceClipSampler, centre_crop
+    from livedeid.training.loop import build_data, build_heads, protect_windows, psnr
 
     torch.set_num_threads(args.threads)
-    cfg = T.load_config(args.config, [])
+    cfg = load_config(args.config, [])
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     step = state.get("step", "?")
     state = state.get("model", state)
@@ -42,20 +43,19 @@ def main(argv: list[str] | None = None) -> int:
                             int(cfg["model"]["width"]), identity_branch="chip_grid" in state)
     model.load_state_dict(state)
     model.eval()
-    _, faces, train_ids, test_ids = T.build_data(cfg)   # the trainer's own data and split
-    heads = T.build_heads(cfg["recognizers"], torch.device("cpu"))
+    _, faces, train_ids, test_ids = build_data(cfg)   # the trainer's own data and split
+    heads = build_heads(cfg["recognizers"], torch.device("cpu"))
     print(f"checkpoint {args.checkpoint} (step {step})")
     for label, ids in (("held-out", test_ids), ("training", train_ids)):
         sampler = FaceClipSampler(faces, ids)
         crops, _ = sampler.aligned_crops()
-        oval = np.stack([f.oval for f in sampler.faces])
         x = torch.from_numpy(crops)
-        ov = torch.from_numpy(_centre(oval))[:, None]
+        ov = torch.from_numpy(np.stack([centre_crop(f.oval) for f in sampler.faces]))[:, None]
         with torch.no_grad():
-            out = torch.cat([model(x[i:i + 16, None].expand(-1, model.window, -1, -1, -1))
-                             for i in range(0, len(x), 16)])
-            prot = x + (out - x) * ov
-            line = f"{label:9s} {len(x):4d} crops  PSNR {T.psnr(prot, x):.2f} dB"
+            # A still crop as a window of identical frames, the residual under the oval.
+            prot = torch.cat([protect_windows(model, x[i:i + 16, None].expand(-1, model.window, -1, -1, -1),
+                                              ov[i:i + 16])[1] for i in range(0, len(x), 16)])
+            line = f"{label:9s} {len(x):4d} crops  PSNR {psnr(prot, x):.2f} dB"
             for h in heads:
                 s = torch.cat([h.score(h(prot[i:i + 32]), h(x[i:i + 32])) for i in range(0, len(x), 32)])
                 line += f"  {h.name} self-match {float((s >= h.score_threshold).float().mean()):.1%}" \
@@ -63,16 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     return 0
 
-
-def _centre(masks):
-    """The centred 128 px crop of the samplers' BIG masks (as aligned_crops does for images)."""
-    import cv2
-    import numpy as np
-
-    from livedeid.training.data import CROP, _similarity
-
-    m = _similarity(0, 0, 0, 1.0)
-    return np.stack([cv2.warpAffine(k, m, (CROP, CROP), flags=cv2.INTER_LINEAR) for k in masks]).astype("float32")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from pytorch_msssim import ssim
 
-    from livedeid.training import loop as T
+    from livedeid.training.config import load_config
+    from livedeid.training.loop import build_data, build_heads, psnr
 
     overrides = [f"data.faces_root={args.faces}"] if args.faces else []
-    cfg = T.load_config(ROOT / "configs" / "train_default.json", overrides)
-    sampler, _, _, _ = T.build_data(cfg)
-    heads = T.build_heads(args.recognizers.split(","), torch.device("cpu"))
+    cfg = load_config(ROOT / "configs" / "train_default.json", overrides)
+    sampler, _, _, _ = build_data(cfg)
+    heads = build_heads(args.recognizers.split(","), torch.device("cpu"))
     crops, _ = sampler.aligned_crops()
     step = max(1, len(crops) // args.images)
     x = torch.from_numpy(crops[::step][:args.images]).float()
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         y = (x + delta).clamp(0, 1)
         print(f"PGD eps {args.eps:g}/255, {args.steps} steps, {len(x)} crops, {time.time() - t0:.0f} s")
-        print(f"PSNR {T.psnr(y, x):.2f} dB, SSIM {float(ssim(y, x, data_range=1.0)):.4f} (whole 128 px crop)")
+        print(f"PSNR {psnr(y, x):.2f} dB, SSIM {float(ssim(y, x, data_range=1.0)):.4f} (whole 128 px crop)")
         for h, c in zip(heads, clean):
             s = h.score(h(y), c)
             print(f"{h.name}: similarity to own clean crop {[round(v, 3) for v in s.tolist()]} "

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     from livedeid.core.settings import PipelineConfig
     from livedeid.io.sinks import NullSink, VirtualCameraSink
     from livedeid.io.sources import LiveSimulation, open_source
-    from livedeid.pipeline.processor import Pipeline, build_processor
+    from livedeid.pipeline.factory import build_processor
+    from livedeid.pipeline.runner import Pipeline
 
     if args.source.startswith("synthetic"):
         # The synthetic clip is long enough that one loop covers the whole soak at the

@@ -8,7 +8,7 @@ Renders the torture clips (:mod:`livedeid.evaluation.torture`: real face photos,
 mode, lossless video files with per-frame ground truth) and runs the real pipeline on each:
 
 * ``process``: :class:`~livedeid.io.sources.FileSource` -> ``build_processor(PipelineConfig())``
-  -> :class:`~livedeid.pipeline.processor.Pipeline`, every frame in order (``livedeid process``);
+  -> :class:`~livedeid.pipeline.runner.Pipeline`, every frame in order (``livedeid process``);
 * ``live``: the same file played in real time by :class:`~livedeid.io.sources.LiveSimulation`,
   frames skipped when processing is late (``livedeid run --camera clip.mp4``).
 
@@ -39,7 +39,8 @@ from livedeid.evaluation.leaks import OutputFrame, protection_summary, recognize
 from livedeid.evaluation.torture import SCENARIOS_BY_NAME, Clip, make_torture_set  # noqa: E402
 from livedeid.io.sinks import NullSink  # noqa: E402
 from livedeid.io.sources import FileSource, LiveSimulation, Source  # noqa: E402
-from livedeid.pipeline.processor import Pipeline, build_processor  # noqa: E402
+from livedeid.pipeline.factory import build_processor  # noqa: E402
+from livedeid.pipeline.runner import Pipeline  # noqa: E402
 from livedeid.recognizers.base import get_recognizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

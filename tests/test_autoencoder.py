@@ -31,6 +31,7 @@ def identity_model(sface):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_feature_encoder_reproduces_sface_intermediate_layers(sface):
     graph = sface.torch_module().graph
     encoder = FaceFeatureEncoder()
@@ -59,6 +60,7 @@ def test_chip_warp_round_trip_lands_where_it_came_from(identity_model):
     assert float(back[..., -2:, :].abs().max()) == 0.0    # below the chin: outside the chip
 
 
+@pytest.mark.slow
 def test_identity_branch_changes_the_residual_within_the_budget(identity_model):
     window = torch.rand(2, 8, 3, 128, 128, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -71,9 +73,10 @@ def test_identity_branch_changes_the_residual_within_the_budget(identity_model):
     assert float(with_branch.abs().max()) <= identity_model.max_perturbation + 1e-7
 
 
+@pytest.mark.slow
 def test_identity_branch_weights_load_and_export_with_onnx_parity(identity_model, tmp_path):
     from livedeid.inference.manifest import load_spec
-    from livedeid.nets.export import export_model
+    from livedeid.training.export import export_model
 
     weights = tmp_path / "w.pt"
     torch.save(identity_model.state_dict(), weights)

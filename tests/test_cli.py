@@ -14,7 +14,8 @@ from livedeid.core.settings import PipelineConfig
 from livedeid.inference.manifest import load_spec, model_warning
 from livedeid.io.sinks import FileSink
 from livedeid.io.sources import FileSource
-from livedeid.pipeline.processor import FrameProcessor, Pipeline
+from livedeid.pipeline.processor import FrameProcessor
+from livedeid.pipeline.runner import Pipeline
 from livedeid.protect.composite import oval_mask
 
 

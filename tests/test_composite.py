@@ -3,8 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
+from livedeid.core.face_regions import FACE_OVAL, polygon_points
 from livedeid.core.records import FaceTrack
-from livedeid.protect.composite import apply_protection, face_oval_indices, hidden_box, hide_region, oval_mask
+from livedeid.protect.composite import apply_protection, oval_mask
+from livedeid.protect.fail_closed import hidden_box, hide_region
 from livedeid.protect.windows import extract_crop
 from livedeid.tracking.mesh import FaceTracker, alignment
 
@@ -17,16 +19,11 @@ def astronaut_face(astronaut_bgr):
     return FaceTrack(0, lm, to_crop, from_crop, 1.0)
 
 
-def test_oval_is_one_closed_loop():
-    idx = face_oval_indices()
-    assert len(idx) == 36 and len(set(idx.tolist())) == 36
-
-
 def test_mask_is_zero_outside_polygon_and_one_inside(astronaut_face, astronaut_bgr):
     box, mask = oval_mask(astronaut_face.landmarks, astronaut_bgr.shape[:2])
     x0, y0, x1, y1 = box
     hard = np.zeros(astronaut_bgr.shape[:2], np.uint8)
-    cv2.fillPoly(hard, [np.round(astronaut_face.landmarks[face_oval_indices()]).astype(np.int32)], 1)
+    cv2.fillPoly(hard, [np.round(polygon_points(astronaut_face.landmarks, FACE_OVAL)).astype(np.int32)], 1)
     full = np.zeros(astronaut_bgr.shape[:2], np.float32)
     full[y0:y1, x0:x1] = mask
     # outside a 1-px band around the polygon the mask is exactly 0

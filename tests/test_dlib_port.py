@@ -1,7 +1,6 @@
 """Parity of the PyTorch port of dlib's face-recognition ResNet with dlib itself."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,67 +8,57 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from livedeid.core.errors import UserError  # noqa: E402
 from livedeid.nets.dlib_port import (  # noqa: E402
     CHIP_SIZE,
     DESCRIPTOR_DIM,
     chip_to_tensor,
     default_model_path,
-    dlib_chip,
     load_dlib_resnet,
     read_dlib_resnet,
 )
+from livedeid.recognizers.base import get_recognizer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBRITIES = DATA / "faces" / "celebrities"
-# Press photos are up to 4352 px wide; HOG detection at that size would take most of the
-# time budget. Parity compares both networks on the *same* chip, so a smaller source
-# image does not weaken it.
-MAX_SIDE = 800
-
-
-def _models_dir() -> Path:
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("face_recognition_models not installed")
-    return Path(spec.submodule_search_locations[0]) / "models"
 
 
 @pytest.fixture(scope="module")
-def net():
-    _models_dir()
-    return load_dlib_resnet()
+def model_path() -> Path:
+    try:
+        return default_model_path()
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def net(model_path):
+    return load_dlib_resnet(model_path)
 
 
 @pytest.fixture(scope="module")
 def celebrity_chips():
-    """(chips (N,150,150,3) uint8, dlib descriptors (N,128), photo names), one face per photo."""
-    dlib = pytest.importorskip("dlib", reason="dlib not installed")
+    """(chips (N,150,150,3) uint8, dlib descriptors (N,128), photo names): the largest face
+    of each photo as the dlib recogniser (dlib's own detector, chip and network) sees it."""
     cv2 = pytest.importorskip("cv2")
-    models = _models_dir()
+    try:
+        recogniser = get_recognizer("dlib")
+    except UserError as exc:
+        pytest.skip(str(exc))
     photos = sorted(CELEBRITIES.glob("*/*.jpg"))
     if not photos:
         pytest.skip(f"../shared/data not found: no photos under {CELEBRITIES}")
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-    recogniser = dlib.face_recognition_model_v1(str(default_model_path()))
-    chips, refs, names, missed = [], [], [], []
+    chips, names, missed = [], [], []
     for photo in photos:
-        bgr = cv2.imread(str(photo))
-        scale = MAX_SIDE / max(bgr.shape[:2])
-        if scale < 1:
-            bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        faces = detector(rgb, 1)
+        faces = recogniser.face_chips(cv2.imread(str(photo)))
         if not faces:
             missed.append(photo.name)
             continue
-        shape = predictor(rgb, max(faces, key=lambda r: r.area()))
-        chip = dlib_chip(rgb, shape)
-        chips.append(chip)
-        refs.append(np.asarray(recogniser.compute_face_descriptor(chip), dtype=np.float64))
+        chips.append(faces[0][1])
         names.append(f"{photo.parent.name}/{photo.name}")
     assert not missed, f"dlib found no face in {missed}"
-    return np.stack(chips), np.stack(refs), names
+    chips = np.stack(chips)
+    return chips, recogniser.embed_chips(chips).astype(np.float64), names
 
 
 def test_descriptors_match_dlib(net, celebrity_chips):
@@ -109,8 +98,8 @@ def test_rejects_wrong_input_shape(net):
         net(torch.zeros(1, 3, 112, 112))
 
 
-def test_reader_rejects_truncated_file(tmp_path):
-    src = _models_dir() / "dlib_face_recognition_resnet_model_v1.dat"
+def test_reader_rejects_truncated_file(tmp_path, model_path):
+    src = model_path
     bad = tmp_path / "truncated.dat"
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(ValueError, match="end of file"):

@@ -8,19 +8,16 @@ import numpy as np
 import pytest
 
 from livedeid.core.errors import UserError
-from livedeid.inference.engines import OnnxRuntimeEngine, TensorRTEngine, TorchEngine, create_engine, plan_cache_path
+from livedeid.inference.engines import OnnxRuntimeEngine, TensorRTEngine, TorchEngine, plan_cache_path
 from livedeid.inference.manifest import load_spec, model_warning
+from livedeid.inference.registry import create_engine, cuda_available
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def _cuda():
-    if not HAS_TORCH:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return cuda_available()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +72,19 @@ def test_tensorrt_missing_is_a_clear_user_error(spec):
 def test_unknown_engine_name(spec):
     with pytest.raises(UserError, match="unknown engine"):
         create_engine("magic", spec)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed (the `train` extra)")
+def test_device_frame_path_walks_the_same_order_over_device_tensor_engines(spec):
+    """The device frame path takes engines with run_tensor only: on the CPU device auto
+    skips TensorRT (CUDA only) and says so, and ONNX Runtime is refused by name."""
+    choice = create_engine("auto", spec, device="cpu")
+    assert choice.engine.name == "torch" and hasattr(choice.engine, "run_tensor")
+    assert any(s.startswith("tensorrt:") for s in choice.fallbacks) and "GPU frame path" in choice.reason
+    with pytest.raises(UserError, match="not onnxruntime"):
+        create_engine("onnxruntime", spec, device="cpu")
+    with pytest.raises(UserError, match="(?i)tensorrt"):
+        create_engine("tensorrt", spec, device="cpu")
 
 
 def test_plan_cache_key_names_gpu_trt_and_model(spec, tmp_path):
@@ -187,7 +197,7 @@ def test_manifest_with_a_bad_self_match_is_refused(tmp_path, value):
 
 
 def test_export_reads_the_held_out_self_match_from_an_evaluation(tmp_path):
-    from livedeid.nets.export import held_out_self_match
+    from livedeid.training.export import held_out_self_match
 
     report = {"methods": {"trained": {"psnr": 34.0, "dlib": {"self_match": 0.25}, "sface": {"self_match": 0.75}},
                           "untrained": {"dlib": {"self_match": 1.0}}}}

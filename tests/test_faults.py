@@ -127,13 +127,13 @@ def test_bad_config_file_is_one_clear_error(tmp_path, name, text, message):
 
 
 def test_config_file_sets_options_and_command_line_wins(tmp_path):
-    from livedeid.cli.main import _resolve_pipeline_options, build_parser
+    from livedeid.cli.main import build_parser
+    from livedeid.cli.options import pipeline_config
 
     (tmp_path / "c.toml").write_text('fail_closed = "mask"\nmax_faces = 2\nhr_window_s = 8.0\n')
     args = build_parser().parse_args(["process", "in.mp4", "out.mp4", "--config", str(tmp_path / "c.toml"),
                                       "--max-faces", "3"])
-    _resolve_pipeline_options(args)
-    c = args.pipeline_config
+    c = pipeline_config(args)
     assert (c.fail_closed, c.max_faces, c.hr_window_s, c.engine) == ("mask", 3, 8.0, "auto")
 
 

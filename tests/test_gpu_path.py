@@ -14,11 +14,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch not installed (the `train` extra)")
 
 from livedeid.core.records import Frame  # noqa: E402
+from livedeid.core.settings import PipelineConfig  # noqa: E402
 from livedeid.inference.engines import Engine, OnnxRuntimeEngine, TorchEngine  # noqa: E402
 from livedeid.inference.manifest import load_spec  # noqa: E402
-from livedeid.pipeline.device import DeviceFaceWindows, TorchFrameProcessor, grid_coefficients, sample_grid  # noqa: E402
-from livedeid.pipeline.processor import FrameProcessor, PipelineConfig  # noqa: E402
+from livedeid.pipeline.device import TorchFrameProcessor, grid_coefficients, sample_grid  # noqa: E402
+from livedeid.pipeline.processor import FrameProcessor  # noqa: E402
 from livedeid.protect.composite import oval_mask  # noqa: E402
+from livedeid.protect.windows import FaceWindows  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -100,16 +102,16 @@ def test_grid_sampling_matches_cv2_warp_affine(astronaut_bgr):
     assert d8.max() <= 2 and d8.mean() < 0.2
 
 
-def test_device_windows_are_causal_ring_buffers():
-    w = DeviceFaceWindows(window=4, crop_size=2)
+def test_windows_of_device_tensors_are_causal_ring_buffers():
+    w = FaceWindows(window=4, crop_size=2)
     crops = [torch.full((3, 2, 2), float(i)) for i in range(7)]
-    first = w.push(5, crops[0])
+    first = w.push_crop(5, crops[0])
     assert first[:, 0, 0, 0].tolist() == [0, 0, 0, 0]  # warm-up repeats the first crop
     for i in range(1, 7):
-        win = w.push(5, crops[i])
+        win = w.push_crop(5, crops[i])
     assert win[:, 0, 0, 0].tolist() == [3, 4, 5, 6]  # oldest first, current last
     w.retain({9})
-    assert len(w) == 0 and w.push(5, crops[1])[:, 0, 0, 0].tolist() == [1, 1, 1, 1]
+    assert len(w) == 0 and w.push_crop(5, crops[1])[:, 0, 0, 0].tolist() == [1, 1, 1, 1]
 
 
 # -- the device path on the CPU vs the numpy pipeline ----------------------------------------
@@ -195,8 +197,8 @@ class _FaultyEvent:
 
 
 class _AsyncFaultProcessor(TorchFrameProcessor):
-    def _device_protect(self, job):
-        super()._device_protect(job)
+    def device_protect(self, job):
+        super().device_protect(job)
         job.done = _FaultyEvent()
 
 
@@ -206,7 +208,7 @@ def test_asynchronous_device_fault_redoes_the_frame_on_the_cpu(astronaut_bgr, sp
     frame = proc.process(Frame(img.copy(), 0, 0.0))
     later = proc.process(Frame(_scene(astronaut_bgr, 1), 1, 1 / 30))  # stays on the CPU path
     proc.close()
-    assert any("GPU frame path" in e for e in proc.events) and proc._host_only
+    assert any("GPU frame path" in e for e in proc.events) and proc.host_only
     for f in (frame, later):
         assert f.fail_closed_regions == 0 and f.faces[0].protected is not None  # protected on the CPU
         changed = np.any(f.output != f.image, axis=2)
@@ -215,7 +217,8 @@ def test_asynchronous_device_fault_redoes_the_frame_on_the_cpu(astronaut_bgr, sp
 
 # -- bench ------------------------------------------------------------------------------------
 def test_bench_quick_writes_markdown_and_json_with_ratios(tmp_path):
-    from livedeid.cli.main import build_parser, cmd_bench, main
+    from livedeid.cli.dev import cmd_bench
+    from livedeid.cli.main import build_parser, main
     from livedeid.evaluation.bench import run_bench
 
     assert build_parser().parse_args(["bench", "--quick", "--out", str(tmp_path)]).func is cmd_bench

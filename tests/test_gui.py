@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,17 @@ from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QPushButton  # noqa: E402
 
 from livedeid.core.errors import UserError  # noqa: E402
+from livedeid.core.records import Frame  # noqa: E402
+from livedeid.core.settings import PipelineConfig  # noqa: E402
 from livedeid.io.sinks import virtual_camera_hint  # noqa: E402
 from livedeid.io.sources import open_source  # noqa: E402
 from livedeid.panel import meter as meter_mod  # noqa: E402
 from livedeid.panel.common import LatestValue, UnprotectedImage  # noqa: E402
 from livedeid.panel.main_window import MainWindow  # noqa: E402
 from livedeid.panel.meter import PrivacyMeter  # noqa: E402
-from livedeid.panel.workers import PatientSettings, ScreenSource, SinkHub  # noqa: E402
+from livedeid.panel.screen import ScreenSource  # noqa: E402
+from livedeid.panel.sink_hub import SinkHub  # noqa: E402
+from livedeid.panel.workers import PanelSettings, SwitchableProcessor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE_HR = 80.0
@@ -112,8 +117,8 @@ def patient(qapp):
     pyvirtualcam.register_backend(VCAM_BACKEND, RecordingBackend)
     RecordingBackend.instances.clear()
     opener = TrackingOpener()
-    settings = PatientSettings(source=f"synthetic:{TRUE_HR:g}", width=640, height=360, fps=15.0,
-                               engine="onnxruntime", virtual_camera=True, vcam_backend=VCAM_BACKEND)
+    settings = PanelSettings(config=PipelineConfig(engine="onnxruntime"), source=f"synthetic:{TRUE_HR:g}",
+                             width=640, height=360, fps=15.0, virtual_camera=True, vcam_backend=VCAM_BACKEND)
     window = MainWindow(settings, probe=False, opener=opener)
     window.show()
     yield window, opener
@@ -127,7 +132,8 @@ def _wait_frames(qtbot, window, n: int, timeout_ms: int = 20000) -> None:
 
 def test_heart_rate_matches_the_clip(patient, qtbot, artifacts):
     window, _ = patient
-    panel, box = window.hr_panel, window.meter_box
+    tab = window.patient_tab
+    panel, box = window.hr_panel, tab.meter_box
     window.side_by_side.setChecked(True)  # as in the README's screenshot
     window.mesh_toggle.setChecked(True)
     verdicts = (meter_mod.RECOGNISABLE.upper(), meter_mod.NOT_RECOGNISABLE.upper())
@@ -161,9 +167,9 @@ def test_heart_rate_matches_the_clip(patient, qtbot, artifacts):
     for stage in ("track", "engine", "composite", "rppg", "total"):
         assert stage in window.stat_latency.text()
     assert window.stat_dropped.text().startswith("dropped ")
-    assert window.stat_engine.text() == f"engine: {window.worker.processor.engine.describe()}"
-    if window.worker.processor.warning:
-        assert window.warn_banner.isVisible() and window.worker.processor.warning in window.warn_banner.text()
+    assert window.stat_engine.text() == f"engine: {tab.worker.processor.engine.describe()}"
+    if tab.worker.processor.warning:
+        assert window.warn_banner.isVisible() and tab.worker.processor.warning in window.warn_banner.text()
 
 
 def test_view_toggles(patient, qtbot):
@@ -183,7 +189,7 @@ def test_view_toggles(patient, qtbot):
     # The face box is really drawn: the same frame renders differently with it.
     frozen = (list(video.panes), list(video.faces))
     assert frozen[1], "no tracked face to draw"
-    window._timer.stop()  # hold the frame still while comparing renders
+    window.redraw_timer.stop()  # hold the frame still while comparing renders
     try:
         video.show_panes(*frozen)
         plain = video.grab().toImage()
@@ -196,7 +202,7 @@ def test_view_toggles(patient, qtbot):
         meshed = video.grab().toImage()
         window.mesh_toggle.setChecked(False)
     finally:
-        window._timer.start()
+        window.redraw_timer.start()
     assert plain != boxed and plain != meshed and boxed != meshed
 
     window.side_by_side.setChecked(False)
@@ -214,7 +220,8 @@ def test_view_toggles(patient, qtbot):
 
 def test_privacy_meter_gives_a_verdict(patient, qtbot):
     window, _ = patient
-    box = window.meter_box
+    tab = window.patient_tab
+    box = tab.meter_box
     verdicts = (meter_mod.RECOGNISABLE.upper(), meter_mod.NOT_RECOGNISABLE.upper())
     qtbot.waitUntil(lambda: any(box.verdict_text(n) in verdicts for n in box.rows), timeout=30000)
     report = box.last_report
@@ -229,26 +236,27 @@ def test_privacy_meter_gives_a_verdict(patient, qtbot):
         assert f"{v.score:.2f}" in box.rows[v.name][2].text()
         assert box.rows[v.name][1].property("tone") == ("bad" if same else "good")
     # Off the hot path, newest frame only: far fewer measurements than frames.
-    assert 0 < window.meter.measurements < window.worker.pipeline.stats.frames / 3
+    assert 0 < window.meter.measurements < tab.worker.pipeline.stats.frames / 3
 
 
 def test_protection_off_warns_and_stops_the_virtual_camera(patient, qtbot):
     window, _ = patient
-    hub = window.worker.hub
+    tab, outputs = window.patient_tab, window.patient_tab.outputs
+    hub = tab.worker.hub
     qtbot.waitUntil(lambda: hub.camera is not None and RecordingBackend.instances[-1].frames > 5, timeout=20000)
     cam = RecordingBackend.instances[-1]
-    assert window.vcam_status.text().startswith("Sending to virtual camera test-vcam")
+    assert outputs.vcam_status.text().startswith("Sending to virtual camera test-vcam")
 
     # Cancel: nothing changes.
     click_in_dialog("keepProtection")
-    window.protect_button.click()
-    assert window.protect_button.isChecked() and window.settings.protect
+    tab.protect_button.click()
+    assert tab.protect_button.isChecked() and window.settings.config.protect
     assert not window.danger_banner.isVisible()
 
     # Off, preview only: red banner, the preview shows the real face, the call gets nothing.
     click_in_dialog("offPreviewOnly")
-    window.protect_button.click()
-    assert not window.protect_button.isChecked()
+    tab.protect_button.click()
+    assert not tab.protect_button.isChecked()
     assert window.danger_banner.isVisible() and "PROTECTION IS OFF" in window.danger_banner.text()
     assert "receives nothing" in window.danger_banner.text()
     qtbot.waitUntil(lambda: window.video.panes and window.video.panes[-1].kind == "unprotected", timeout=10000)
@@ -261,97 +269,102 @@ def test_protection_off_warns_and_stops_the_virtual_camera(patient, qtbot):
     _wait_frames(qtbot, window, 8)
     assert cam.frames == sent, "unprotected frames reached the virtual camera"
     assert hub.held_back >= held + 3
-    qtbot.waitUntil(lambda: "PAUSED" in window.vcam_status.text(), timeout=3000)
+    qtbot.waitUntil(lambda: "PAUSED" in outputs.vcam_status.text(), timeout=3000)
 
     # Back on: protected frames flow again, banner gone.
-    window.protect_button.click()
-    assert window.protect_button.isChecked() and not window.danger_banner.isVisible()
+    tab.protect_button.click()
+    assert tab.protect_button.isChecked() and not window.danger_banner.isVisible()
     qtbot.waitUntil(lambda: cam.frames > sent + 5, timeout=10000)
     assert window.video.panes[-1].kind == "protected"
 
     # Off and confirmed sending: the call receives the unprotected video, and says so.
     click_in_dialog("offAndSend")
-    window.protect_button.click()
+    tab.protect_button.click()
     assert "being sent" in window.danger_banner.text()
     qtbot.waitUntil(lambda: window.video.panes[-1].kind == "unprotected", timeout=10000)
     sent = cam.frames
     qtbot.waitUntil(lambda: cam.frames > sent + 5, timeout=10000)
-    window.set_protection(True)
+    tab.set_protection(True)
     assert not window.danger_banner.isVisible()
 
 
 def test_virtual_camera_switch_and_missing_device(patient, qtbot):
     window, _ = patient
-    hub = window.worker.hub
+    tab, outputs = window.patient_tab, window.patient_tab.outputs
+    hub = tab.worker.hub
     qtbot.waitUntil(lambda: hub.camera is not None, timeout=10000)
     cam = RecordingBackend.instances[-1]
-    window.vcam_check.setChecked(False)  # live: no restart
-    assert hub.camera is None and cam.closed and window.worker.hub is hub
-    qtbot.waitUntil(lambda: window.vcam_status.text() == "Not sending to a video call.", timeout=3000)
+    outputs.vcam_check.setChecked(False)  # live: no restart
+    assert hub.camera is None and cam.closed and tab.worker.hub is hub
+    qtbot.waitUntil(lambda: outputs.vcam_status.text() == "Not sending to a video call.", timeout=3000)
 
     pyvirtualcam.register_backend(MISSING_BACKEND, MissingDeviceBackend)
-    window.settings.vcam_backend = window.worker.settings.vcam_backend = MISSING_BACKEND
-    window.vcam_check.setChecked(True)
-    qtbot.waitUntil(lambda: window.vcam_status.text().startswith("Virtual camera not available"), timeout=3000)
-    assert window.vcam_hint.isVisible() and virtual_camera_hint() in window.vcam_hint.text()
-    assert window.worker.alive  # the preview and heart rate go on without it
+    window.settings.vcam_backend = tab.worker.settings.vcam_backend = MISSING_BACKEND
+    outputs.vcam_check.setChecked(True)
+    qtbot.waitUntil(lambda: outputs.vcam_status.text().startswith("Virtual camera not available"), timeout=3000)
+    assert outputs.vcam_hint.isVisible() and virtual_camera_hint() in outputs.vcam_hint.text()
+    assert tab.worker.alive  # the preview and heart rate go on without it
 
-    window.vcam_check.setChecked(False)
-    window.settings.vcam_backend = window.worker.settings.vcam_backend = VCAM_BACKEND
-    window.vcam_check.setChecked(True)
+    outputs.vcam_check.setChecked(False)
+    window.settings.vcam_backend = tab.worker.settings.vcam_backend = VCAM_BACKEND
+    outputs.vcam_check.setChecked(True)
     qtbot.waitUntil(lambda: hub.camera is not None and RecordingBackend.instances[-1].frames > 2, timeout=10000)
-    qtbot.waitUntil(lambda: not window.vcam_hint.isVisible()
-                    and window.vcam_status.text().startswith("Sending to"), timeout=3000)
+    qtbot.waitUntil(lambda: not outputs.vcam_hint.isVisible()
+                    and outputs.vcam_status.text().startswith("Sending to"), timeout=3000)
 
 
 def test_record_and_hr_overlay(patient, qtbot, tmp_path):
     import av
 
     window, _ = patient
-    window.overlay_check.setChecked(True)
-    qtbot.waitUntil(lambda: window.worker.processor.config.hr_overlay, timeout=5000)  # applied between frames
+    tab, outputs = window.patient_tab, window.patient_tab.outputs
+    outputs.overlay_check.setChecked(True)
+    qtbot.waitUntil(lambda: tab.worker.processor.config.hr_overlay, timeout=5000)  # applied between frames
     out = tmp_path / "rec.mp4"
-    assert window.start_recording(out)
-    hub = window.worker.hub
+    assert outputs.start_recording(out)
+    hub = tab.worker.hub
     qtbot.waitUntil(lambda: hub.recorder is not None and hub.recorder.frames_written >= 10, timeout=15000)
-    assert window.stop_recording() == out
-    window.overlay_check.setChecked(False)
+    assert outputs.stop_recording() == out
+    outputs.overlay_check.setChecked(False)
     with av.open(str(out)) as c:
         frames = sum(1 for _ in c.decode(video=0))
-    assert frames >= 10 and "saved" in window.record_status.text()
+    assert frames >= 10 and "saved" in outputs.record_status.text()
 
 
 def test_source_engine_and_policy_changes_restart_the_pipeline(patient, qtbot):
     window, opener = patient
-    old = window.worker
+    tab = window.patient_tab
+    old = tab.worker
     old_cam = RecordingBackend.instances[-1]
-    window.set_policy("mask")
+    tab.set_policy("mask")
     assert not old.alive and old.state == "stopped" and old_cam.closed
-    qtbot.waitUntil(lambda: window.worker.state == "running", timeout=20000)
+    qtbot.waitUntil(lambda: tab.worker.state == "running", timeout=20000)
     newest = len(opener.sources) - 1
     assert opener.closed[newest] == 0  # the new source is open, every older one closed once
     assert all(opener.closed[k] == 1 for k in range(newest))
-    assert window.worker.processor.config.fail_closed == "mask"
+    assert tab.worker.processor.config.fail_closed == "mask"
     _wait_frames(qtbot, window, 3)
 
-    previous = window.worker
-    window.set_source("synthetic:70")
-    assert not previous.alive and window.worker is not previous
-    assert window.source_combo.currentData() == "synthetic:70"
-    qtbot.waitUntil(lambda: window.worker.state == "running", timeout=20000)
-    assert "70 bpm" in window.worker.source.description
+    previous = tab.worker
+    tab.set_source("synthetic:70")
+    assert not previous.alive and tab.worker is not previous
+    assert tab.source_combo.currentData() == "synthetic:70"
+    qtbot.waitUntil(lambda: tab.worker.state == "running", timeout=20000)
+    assert "70 bpm" in tab.worker.source.description
 
 
 def test_closing_stops_threads_and_releases_everything(patient, qtbot):
     window, opener = patient
-    qtbot.waitUntil(lambda: window.worker is not None and window.worker.state == "running", timeout=20000)
-    worker, meter = window.worker, window.meter
+    tab = window.patient_tab
+    qtbot.waitUntil(lambda: tab.worker is not None and tab.worker.state == "running", timeout=20000)
+    worker, meter = tab.worker, window.meter
     qtbot.waitUntil(lambda: worker.hub is not None and worker.hub.camera is not None, timeout=10000)
     cam = RecordingBackend.instances[-1]
     assert worker.thread.is_alive() and meter.alive and not cam.closed
     window.close()
     assert not worker.thread.is_alive()
-    assert not worker.pipeline._capture.is_alive() and not worker.pipeline._sink_thread.is_alive()
+    # The pipeline's capture and sink threads are gone too (this module runs one pipeline).
+    assert not [t.name for t in threading.enumerate() if t.name in ("livedeid-capture", "livedeid-sinks")]
     assert not meter.alive
     assert all(n == 1 for n in opener.closed.values()), opener.closed
     assert cam.closed and all(c.closed for c in RecordingBackend.instances)
@@ -364,12 +377,13 @@ def test_monitor_mode_reads_the_heart_rate_of_a_file(qtbot, tmp_path):
     # CRF 0: the pulse is under one grey level, and write_clip's default CRF 12 already
     # grades it "poor" (the peak stays right but the panel rightly shows no number).
     truth = write_clip(clip, crf=0, hr_bpm=66.0, duration_s=12.0, size=(640, 360), seed=3)
-    window = MainWindow(PatientSettings(source=None, virtual_camera=False), mode="monitor", probe=False,
+    window = MainWindow(PanelSettings(source=None, virtual_camera=False), mode="monitor", probe=False,
                         privacy_meter=False)
+    tab = window.patient_tab
     qtbot.addWidget(window)
-    assert window.worker is None and window.mode == "monitor"
-    window.start_monitor("file", str(clip), realtime=False)
-    monitor = window.monitor
+    assert tab.worker is None and window.mode == "monitor"
+    window.monitor_tab.start("file", str(clip), realtime=False)
+    monitor = window.monitor_tab.worker
     qtbot.waitUntil(lambda: monitor.state in ("ended", "failed"), timeout=90000)
     assert monitor.state == "ended", monitor.error
     qtbot.waitUntil(lambda: window.hr_panel.last_reading is not None and window.hr_panel.last_reading.signal_s > 9,
@@ -377,7 +391,7 @@ def test_monitor_mode_reads_the_heart_rate_of_a_file(qtbot, tmp_path):
     shown = int(window.hr_panel.bpm_label.text())
     assert abs(shown - truth["hr_bpm"]) <= 2, f"monitor shows {shown}, true {truth['hr_bpm']}"
     assert monitor.frames == 360
-    qtbot.waitUntil(lambda: "End of" in window.mon_status.text(), timeout=3000)
+    qtbot.waitUntil(lambda: "End of" in window.monitor_tab.status.text(), timeout=3000)
     assert window.video.panes[0].caption.startswith("MONITOR")
     window.close()
     assert not monitor.alive
@@ -392,6 +406,46 @@ def test_latest_value_keeps_only_the_newest():
     assert box.take() == 4 and box.overwritten == 4
     assert box.take() is None and box.peek() == 4
     assert box.wait(0.01) is None
+
+
+class InFlightProcessor:
+    """Stands in for the device processor: submit() launches a frame and returns the
+    previous one finished, reading ``config.protect`` at both steps, as the GPU path does."""
+
+    def __init__(self):
+        self.config = PipelineConfig()
+        self.pending = None
+        self.seen = []  # (index, protect at launch, protect at finish)
+
+    def submit(self, frame):
+        done = self.flush()
+        self.pending = (frame, self.config.protect)
+        return done
+
+    def flush(self):
+        if self.pending is None:
+            return None
+        (frame, launched), self.pending = self.pending, None
+        frame.protected, frame.output = self.config.protect, frame.image.copy()
+        self.seen.append((frame.index, launched, frame.protected))
+        return frame
+
+
+def test_protection_switch_never_splits_a_frame_in_flight():
+    inner = InFlightProcessor()
+    proc = SwitchableProcessor(inner)
+    out = []
+    for i in range(6):
+        if i in (2, 4):
+            proc.request(protect=i == 4)
+        done = proc.submit(Frame(image=np.zeros((4, 4, 3), np.uint8), index=i, timestamp=i / 30))
+        out += [done] if done is not None else []
+    out += [proc.flush()]
+    assert [f.index for f in out] == list(range(6))  # none lost, none reordered
+    assert all(launched == finished for _, launched, finished in inner.seen)
+    assert [f.protected for f in out] == [True, True, False, False, True, True]
+    assert [isinstance(f.output, UnprotectedImage) for f in out] == [not f.protected for f in out]
+    assert proc.config is inner.config  # everything else is the wrapped processor's
 
 
 def test_sink_hub_holds_back_unprotected_frames_and_survives_a_dead_camera():
@@ -483,11 +537,11 @@ def test_livedeid_without_a_command_opens_the_window(qapp, monkeypatch):
 
     def look_and_close():
         wins = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        if not wins or wins[0].worker is None or wins[0].worker.state != "running":
+        if not wins or wins[0].patient_tab.worker is None or wins[0].patient_tab.worker.state != "running":
             QTimer.singleShot(100, look_and_close)
             return
         w = wins[0]
-        seen.append((w.mode, w.settings.source, w.worker))
+        seen.append((w.mode, w.settings.source, w.patient_tab.worker))
         w.close()
         QApplication.quit()
 

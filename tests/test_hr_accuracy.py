@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from livedeid.core.face_regions import RIGHT_EYE, polygon_points
 from livedeid.io.synthetic import Motion, SyntheticPulseSource, ppg_waveform
-from livedeid.rppg import hr as rppg
+from livedeid.rppg.monitor import hr_from_video, trace_to_hr
+from livedeid.rppg.regions import skin_mask
+from livedeid.rppg.streaming import StreamingHR
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBRITIES = DATA / "faces" / "celebrities"
@@ -35,14 +38,14 @@ def _measure(src: SyntheticPulseSource) -> dict[str, float]:
     from livedeid.tracking.mesh import FaceTracker
 
     with FaceTracker(max_faces=1) as tracker:
-        res, trace = rppg.hr_from_video(iter(src), tracker, "pos")
+        res, trace = hr_from_video(iter(src), tracker, "pos")
     assert trace.face_fraction > 0.95, "the tracker lost the face"
     out = {"pos": res.bpm, "pos_snr": res.snr_db, "pos_quality": res.quality}
     for method in ("chrom", "green"):
-        r, _ = rppg.trace_to_hr(trace.t, trace.rgb, method)
+        r, _ = trace_to_hr(trace.t, trace.rgb, method)
         out[method] = r.bpm
     # The live estimator on the same colours: 10 s window, one reading per second.
-    live = rppg.StreamingHR("pos", window_s=10.0, update_hz=1.0, min_s=5.0)
+    live = StreamingHR("pos", window_s=10.0, update_hz=1.0, min_s=5.0)
     shown = []
     for t, rgb in zip(trace.t, trace.rgb):
         r = live.push(t, rgb)
@@ -133,9 +136,9 @@ def test_pulse_lives_on_skin_and_is_mostly_green(still_source):
 
     with FaceTracker(max_faces=1, static_images=True) as tr:
         lm = tr.update(src.frame(lo).image, 0.0)[0].landmarks
-    skin = rppg.skin_mask(lm, (h, w))
+    skin = skin_mask(lm, (h, w))
     assert changed[skin].mean() > 0.6          # the ROI of the estimator is pulsing
-    eye = rppg.polygon_points(lm, rppg.RIGHT_EYE).mean(axis=0).round().astype(int)
+    eye = polygon_points(lm, RIGHT_EYE).mean(axis=0).round().astype(int)
     assert not changed[eye[1] - 1:eye[1] + 2, eye[0] - 1:eye[0] + 2].any()
     # Colour of the change (BGR): green > blue > red, as the haemoglobin signature.
     mean_change = diff[skin].mean(axis=0)

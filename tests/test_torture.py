@@ -18,6 +18,8 @@ from livedeid.evaluation.leaks import OutputFrame, core_box, protection_summary,
 from livedeid.evaluation.torture import FPS, SCENARIOS, SCENARIOS_BY_NAME, make_clip, make_torture_set, pick_people
 from livedeid.io.sources import FileSource
 
+pytestmark = pytest.mark.data  # every test draws faces from ../shared/data
+
 
 @pytest.fixture(scope="module")
 def faces_root():
@@ -48,6 +50,7 @@ def widths(clip):
     return np.array([f.box[2] - f.box[0] for row in clip.frames for f in row.visible_faces()])
 
 
+@pytest.mark.slow
 def test_every_scenario_is_made_and_reads_back_exactly(clips):
     assert set(clips) == {s.name for s in SCENARIOS}
     for clip in clips.values():
@@ -58,16 +61,19 @@ def test_every_scenario_is_made_and_reads_back_exactly(clips):
         assert np.allclose([f.timestamp for f in frames], [t.timestamp for t in clip.frames], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fast_turns_foreshorten_the_face_quickly(clips):
     w = widths(clips["fast_turns"])
     assert w.max() / w.min() > 1.5                  # cos(60 deg) at the extremes of a turn
     assert np.abs(np.diff(w)).max() >= 5            # within one frame
 
 
+@pytest.mark.slow
 def test_jumps_move_the_head_over_100_px_between_two_frames(clips):
     assert np.linalg.norm(np.diff(centres(clips["jumps"]), axis=0), axis=1).max() > 100
 
 
+@pytest.mark.slow
 def test_motion_blur_is_fast_and_smears_the_face(clips, tmp_path):
     clip = clips["motion_blur"]
     assert np.linalg.norm(np.diff(centres(clip), axis=0), axis=1).max() > 25
@@ -83,23 +89,27 @@ def test_motion_blur_is_fast_and_smears_the_face(clips, tmp_path):
     assert np.median(ratios) < 0.6
 
 
+@pytest.mark.slow
 def test_hand_covers_about_half_the_face_then_leaves(clips):
     occluded = [row.faces[0].occluded for row in clips["hand_occlusion"].frames]
     assert 0.35 <= max(occluded) <= 0.7
     assert min(occluded) == 0.0
 
 
+@pytest.mark.slow
 def test_enter_leave_has_empty_frames_and_frames_with_the_face(clips):
     counts = {len(row.visible_faces()) for row in clips["enter_leave"].frames}
     assert {0, 1} <= counts
 
 
+@pytest.mark.slow
 def test_multi_face_shows_several_different_people_at_once(clips):
     clip = clips["multi_face"]
     assert len(clip.photos) >= 2
     assert max(len({f.identity for f in row.visible_faces()}) for row in clip.frames) >= 2
 
 
+@pytest.mark.slow
 def test_dark_and_overexposed_light(clips):
     assert np.mean([luma(f.image) for f in decoded(clips["dark"])]) < 40
     bright = decoded(clips["overexposed"])
@@ -107,17 +117,20 @@ def test_dark_and_overexposed_light(clips):
     assert np.mean([(f.image == 255).any(axis=2).mean() for f in bright]) > 0.3  # clipped highlights
 
 
+@pytest.mark.slow
 def test_near_profile_squashes_the_face(clips):
     boxes = np.array([f.box for row in clips["near_profile"].frames for f in row.visible_faces()])
     aspect = (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1])
     assert aspect.max() < 0.6  # a frontal face oval is about 0.8 as wide as tall
 
 
+@pytest.mark.slow
 def test_tiny_faces_are_under_40_px_wide(clips):
     w = widths(clips["tiny"])
     assert len(w) == len(clips["tiny"].frames) and w.max() < 40
 
 
+@pytest.mark.slow
 def test_dropped_frames_skip_repeat_and_jitter(clips):
     clip = clips["dropped_frames_jitter"]
     frames = decoded(clip)
@@ -166,6 +179,7 @@ def sface():
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow
 def test_clean_clip_leaks_and_another_person_does_not(clips, sface, faces_root):
     clip = clips["fast_turns"]
     frames = [OutputFrame(f.index, f.image, f.image) for f in decoded(clip)[::5]]
@@ -178,6 +192,7 @@ def test_clean_clip_leaks_and_another_person_does_not(clips, sface, faces_root):
     assert stranger["best_score"] < sface.score_threshold < own["best_score"]
 
 
+@pytest.mark.slow
 def test_raw_counts_untouched_faces_only(clips):
     clip = clips["enter_leave"]
     images = [f.image for f in decoded(clip)]

@@ -2,6 +2,7 @@
 import cv2
 import numpy as np
 
+from livedeid.core.face_regions import FACE_OVAL, polygon_points
 from livedeid.core.geometry import crop_template, five_points, similarity_fit
 from livedeid.core.records import FaceTrack
 from livedeid.protect.windows import FaceWindows, extract_crop
@@ -36,9 +37,7 @@ def test_alignment_inverse_is_exact_and_template_fits(astronaut_bgr):
     mapped = five_points(faces[0]) @ to_crop[:, :2].T + to_crop[:, 2]
     assert np.abs(mapped - crop_template(128)).max() < 0.25 * 128 / 4
     # the whole face oval lands inside the crop
-    from livedeid.protect.composite import face_oval_indices
-
-    oval = faces[0][face_oval_indices()] @ to_crop[:, :2].T + to_crop[:, 2]
+    oval = polygon_points(faces[0], FACE_OVAL) @ to_crop[:, :2].T + to_crop[:, 2]
     assert oval.min() >= 0 and oval.max() <= 128
 
 

@@ -1,7 +1,6 @@
 """`livedeid doctor`: what this machine offers, each missing piece with its fix."""
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import platform
@@ -30,28 +29,18 @@ def _version(module: str) -> str | None:
     return "installed"
 
 
-def check_cameras(max_index: int = 4) -> Check:
-    import cv2
+def check_cameras() -> Check:
+    from livedeid.io.cameras import probe_cameras, video_nodes
 
-    found = []
-    if platform.system() == "Linux":
-        nodes = sorted(glob.glob("/dev/video*"))
-        if not nodes:
-            return Check("cameras", "warn", "no /dev/video* devices", "plug in a webcam; files and "
-                         "`--camera synthetic` work without one")
-    for i in range(max_index):
-        cap = cv2.VideoCapture(i)
-        try:
-            if cap.isOpened():
-                ok, frame = cap.read()
-                if ok and frame is not None:
-                    found.append(f"{i} ({frame.shape[1]}x{frame.shape[0]})")
-        finally:
-            cap.release()
+    if video_nodes() == set():
+        return Check("cameras", "warn", "no /dev/video* devices", "plug in a webcam; files and "
+                     "`--camera synthetic` work without one")
+    found = probe_cameras()
     if not found:
         return Check("cameras", "warn", "no camera delivers frames", "plug in a webcam or check permissions; "
                      "`livedeid run --camera FILE|synthetic` works without one")
-    return Check("cameras", "ok", ", ".join(found))
+    return Check("cameras", "ok", ", ".join(
+        f"{c.index} ({c.size[0]}x{c.size[1]})" + (" virtual" if c.virtual else "") for c in found))
 
 
 def check_virtual_camera(backend: str | None = None) -> Check:
@@ -140,3 +129,22 @@ def run_checks(probe_cameras: bool = True, virtual_camera_backend: str | None = 
     if probe_cameras:
         checks.insert(1, check_cameras())
     return checks
+
+
+def add_doctor_parser(sub) -> None:
+    dr = sub.add_parser("doctor", help="what is available here (cameras, virtual camera, engines, models)")
+    dr.add_argument("--no-cameras", action="store_true", help="skip probing cameras")
+    dr.add_argument("--backend", default=None, help="pyvirtualcam backend to check")
+    dr.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    checks = run_checks(probe_cameras=not args.no_cameras, virtual_camera_backend=args.backend)
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = {"ok": "ok  ", "missing": "MISS", "warn": "warn"}[c.status]
+        print(f"[{mark}] {c.name:<{width}}  {c.detail}")
+        if c.status != "ok" and c.fix:
+            print(f"       {'':<{width}}  fix: {c.fix}")
+    essential_missing = [c for c in checks if c.essential and c.status == "missing"]
+    return 1 if essential_missing else 0

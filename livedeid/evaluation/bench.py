@@ -43,6 +43,7 @@ from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
 from livedeid.inference.engines import Engine, EngineUnavailable, OnnxRuntimeEngine, TensorRTEngine, TorchEngine
 from livedeid.inference.manifest import ModelSpec, load_spec
+from livedeid.inference.registry import cuda_available
 
 RESOLUTIONS = ((640, 480), (1280, 720), (1920, 1080))
 FACE_COUNTS = (1, 4)
@@ -56,14 +57,6 @@ class Case:
     path: str          # "host": FrameProcessor + engine(numpy); "device": TorchFrameProcessor
     device: str
     make: Callable[[ModelSpec], Engine]
-
-
-def _cuda() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def candidate_cases() -> list[Case]:
@@ -84,7 +77,7 @@ def candidate_cases() -> list[Case]:
 
 
 def baseline_key() -> str:
-    return "torch-cuda-fp32" if _cuda() else "torch-cpu-fp32"
+    return "torch-cuda-fp32" if cuda_available() else "torch-cpu-fp32"
 
 
 def load_engines(spec: ModelSpec, only: list[str] | None = None) -> tuple[list[tuple[Case, Engine]], dict[str, str]]:
@@ -92,7 +85,7 @@ def load_engines(spec: ModelSpec, only: list[str] | None = None) -> tuple[list[t
     ready, skipped = [], {}
     base = baseline_key()
     for case in candidate_cases():
-        if case.device == "cuda" and not _cuda():
+        if case.device == "cuda" and not cuda_available():
             skipped[case.key] = "no CUDA device (torch.cuda.is_available() is False)"
             continue
         if only and case.key not in only and case.key != base:
@@ -141,13 +134,9 @@ def _pct(values) -> dict[str, float]:
 
 def _processor(case: Case, engine: Engine, spec: ModelSpec):
     from livedeid.core.settings import PipelineConfig
-    from livedeid.pipeline.processor import FrameProcessor
+    from livedeid.pipeline.factory import build_processor
 
-    if case.path == "device":
-        from livedeid.pipeline.device import TorchFrameProcessor
-
-        return TorchFrameProcessor(PipelineConfig(), spec, engine, device=case.device)
-    return FrameProcessor(PipelineConfig(engine="onnxruntime"), spec, engine)
+    return build_processor(PipelineConfig(), spec, engine, path=case.path, device=case.device)
 
 
 def _protected(frame: Frame) -> int:
@@ -256,7 +245,7 @@ def bench_offline(case: Case, engine: Engine, spec: ModelSpec, clip: Path, workd
     """`livedeid process`-style: decode -> processor -> H.264 encode, threads as in the CLI."""
     from livedeid.io.sinks import FileSink
     from livedeid.io.sources import FileSource
-    from livedeid.pipeline.processor import Pipeline
+    from livedeid.pipeline.runner import Pipeline
 
     src = FileSource(clip)
     proc = _processor(case, engine, spec)

@@ -51,10 +51,9 @@ def reference_embeddings(recognizer, photos: dict[str, Path]) -> dict[str, np.nd
         image = cv2.imread(str(photo), cv2.IMREAD_COLOR)
         if image is None:
             raise UserError(f"cannot read face photo {photo}")
-        faces = recognizer.embed_faces(image)
-        if not faces:
+        refs[identity] = recognizer.embed_largest(image)
+        if refs[identity] is None:
             raise UserError(f"{recognizer.name} finds no face in {photo}: no clean identity to compare with")
-        refs[identity] = faces[0].embedding
     return refs
 
 

@@ -1,7 +1,7 @@
 """Torture clips: short videos of real faces under the conditions that break face trackers.
 
 Each clip is made from photos of real people (``../shared/data/faces``, see
-:func:`livedeid.training.data.list_face_images`) animated by the synthetic source's face layer
+:func:`livedeid.evaluation.photos.list_face_images`) animated by the synthetic source's face layer
 (:class:`livedeid.io.synthetic.SyntheticPulseSource`: the photo's head region with its pulse,
 warped by a head pose) over a textured wall, and written as a lossless video file, so the
 pipeline reads exactly the pixels the ground truth describes.
@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 
 from livedeid.core.errors import UserError
+from livedeid.core.face_regions import FACE_OVAL, fill_polygons, polygon_points
+from livedeid.evaluation.photos import list_face_images
 from livedeid.io.synthetic import Motion, SyntheticPulseSource, background_image, blend_layer, pose_homography
-from livedeid.rppg.hr import FACE_OVAL
-from livedeid.training.data import list_face_images
 
 FPS = 30.0
 SIZE = (640, 360)  # width, height: small enough for the whole set to run on a CPU
@@ -129,9 +129,9 @@ def pick_people(faces_root: Path, n: int, rng: np.random.Generator,
     make a 150 px face (the celebrities; ORL's 92x112 greyscale photos are too small);
     with ``only``, among those identities (e.g. the people a model was not trained on)."""
     by_person: dict[str, list[Path]] = {}
-    for identity, path in list_face_images(faces_root):
-        if identity.startswith("celebrities/") and (not only or identity in only):
-            by_person.setdefault(identity, []).append(path)
+    for photo in list_face_images(faces_root):
+        if photo.identity.startswith("celebrities/") and (not only or photo.identity in only):
+            by_person.setdefault(photo.identity, []).append(photo.path)
     if len(by_person) < n:
         raise UserError(f"need photos of {n} different people under {faces_root}/celebrities, "
                         f"found {len(by_person)}")
@@ -245,8 +245,7 @@ def _face_truth(identity: str, oval: np.ndarray, hand: np.ndarray | None) -> Fac
     visible = inside / max(1, (x1 - x0) * (y1 - y0))
     occluded = 0.0
     if hand is not None:
-        mask = np.zeros((h, w), np.uint8)
-        cv2.fillPoly(mask, [np.round(oval).astype(np.int32)], 1)
+        mask = fill_polygons(np.zeros((h, w), np.uint8), [oval], 1)
         area = int(mask.sum())
         occluded = float((hand[mask > 0] > 0.5).sum() / area) if area else 0.0
     return FaceTruth(identity, (int(x0), int(y0), int(x1), int(y1)), round(float(visible), 4), round(occluded, 4))
@@ -262,7 +261,7 @@ class _Face:
             face=photo, hr_bpm=float(rng.uniform(55, 100)), duration_s=scene_seconds, fps=FPS, size=SIZE,
             motion=Motion.none(), flicker=0.0, noise_std=0.0, background="plain",
             face_fraction=sc.face_height, seed=int(rng.integers(1 << 31)))
-        self.oval_layer = self.source.landmarks_layer[list(FACE_OVAL)]
+        self.oval_layer = polygon_points(self.source.landmarks_layer, FACE_OVAL)
 
     def place(self, canvas: np.ndarray, t: float, pose: np.ndarray) -> np.ndarray:
         """Blend the face at scene time ``t`` and ``pose`` into ``canvas``; returns its oval

@@ -9,20 +9,20 @@
 * ``tensorrt`` — strongly typed FP16 network built from the FP16 ONNX, plan cached in
   ``engines/`` per GPU compute capability + TensorRT version + model hash, torch CUDA
   tensors as I/O buffers, ``execute_async_v3`` on torch's current stream.
-* ``auto`` — TensorRT > torch CUDA > ONNX Runtime (CUDA, then CPU), with the reason.
+
+Which one runs (``auto``'s preference order, the run-time fallback) is
+:mod:`livedeid.inference.registry`.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from livedeid import assets
 from livedeid.core.errors import UserError
-from livedeid.core.settings import ENGINE_NAMES
 from livedeid.inference.manifest import ModelSpec, sha256_file, verified_file
 
 log = logging.getLogger(__name__)
@@ -329,52 +329,3 @@ def plan_cache_path(spec: ModelSpec, onnx_path: Path, cache_dir: Path | None, tr
     base = cache_dir or assets.cache_dir("trt")
     digest = sha256_file(onnx_path)[:12]
     return base / f"{spec.name}-{digest}-sm{capability[0]}{capability[1]}-trt{trt_version}.plan"
-
-
-@dataclass
-class EngineChoice:
-    engine: Engine
-    reason: str
-    fallbacks: list[str]
-
-
-def _cuda_available() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def create_engine(name: str, spec: ModelSpec) -> EngineChoice:
-    """Build the named engine; ``auto`` walks the preference order and records why each
-    better backend was skipped. A named engine that cannot run raises ``UserError``."""
-    if name not in ENGINE_NAMES:
-        raise UserError(f"unknown engine '{name}' (choose from {', '.join(ENGINE_NAMES)})")
-    if name == "onnxruntime":
-        return EngineChoice(OnnxRuntimeEngine(spec), "requested", [])
-    if name in ("torch", "tensorrt"):
-        try:
-            eng = TorchEngine(spec) if name == "torch" else TensorRTEngine(spec)
-        except EngineUnavailable as exc:
-            raise UserError(f"engine '{name}' unavailable: {exc}") from None
-        return EngineChoice(eng, "requested", [])
-    skipped: list[str] = []
-    candidates = [("tensorrt", lambda: TensorRTEngine(spec))]
-    if _cuda_available():
-        candidates.append(("torch-cuda", lambda: TorchEngine(spec, "cuda")))
-    else:
-        skipped.append("torch-cuda: no CUDA device or torch not installed")
-    for label, build in candidates:
-        try:
-            return EngineChoice(build(), f"auto: {label} is the fastest available", skipped)
-        except EngineUnavailable as exc:
-            skipped.append(f"{label}: {exc}")
-    eng = OnnxRuntimeEngine(spec)
-    return EngineChoice(eng, f"auto: onnxruntime ({eng.device}) — faster backends unavailable", skipped)
-
-
-def fallback_engine(failed: Engine, spec: ModelSpec) -> EngineChoice:
-    """The engine to use after ``failed`` raised at run time: ONNX Runtime on the CPU."""
-    eng = OnnxRuntimeEngine(spec, use_cuda=False)
-    return EngineChoice(eng, f"fallback after {failed.describe()} failed", [])

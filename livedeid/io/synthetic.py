@@ -29,8 +29,17 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from livedeid.core.errors import UserError
+from livedeid.core.face_regions import (
+    FACE_OVAL,
+    LEFT_CHEEK,
+    RIGHT_CHEEK,
+    exclusion_polygons,
+    fill_polygons,
+    polygon_points,
+)
 from livedeid.core.records import Frame
-from livedeid.rppg.hr import BAND_HZ, EXCLUSIONS, FACE_OVAL, LEFT_CHEEK, RIGHT_CHEEK
+from livedeid.rppg.spectrum import BAND_HZ
+from livedeid.tracking.still import still_landmarks
 
 # Relative reflectance change per unit blood volume, RGB (de Haan & van Leest 2014,
 # the "pulse signature" POS assumes), normalised so green is 1.
@@ -105,21 +114,16 @@ def _astronaut_bgr() -> np.ndarray:
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
-def _face_landmarks(image_bgr: np.ndarray) -> np.ndarray:
-    import mediapipe as mp
-
-    h, w = image_bgr.shape[:2]
-    # Large photos are detected on a downscaled copy (MediaPipe works at 192-256 px
-    # internally anyway) and the landmarks scaled back.
-    s = min(1.0, 1280.0 / max(h, w))
-    small = image_bgr if s == 1.0 else cv2.resize(image_bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
-                                         max_num_faces=1) as mesh:
-        res = mesh.process(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-    if not res.multi_face_landmarks:
-        raise UserError("no face found in the synthetic-pulse source image")
-    lm = res.multi_face_landmarks[0].landmark
-    return np.array([(p.x * w, p.y * h) for p in lm], dtype=np.float64)
+def _read_face(face: np.ndarray | str | Path | None) -> np.ndarray:
+    """The source photo: the astronaut when None, else a BGR array or an image file."""
+    if face is None:
+        return _astronaut_bgr()
+    if isinstance(face, (str, Path)):
+        img = cv2.imread(str(face), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"cannot read face image: {face}")
+        return img
+    return np.ascontiguousarray(face)
 
 
 def skin_pulse_mask(image_bgr: np.ndarray, landmarks: np.ndarray, feather_px: float | None = None) -> np.ndarray:
@@ -130,19 +134,13 @@ def skin_pulse_mask(image_bgr: np.ndarray, landmarks: np.ndarray, feather_px: fl
     glasses and beards inside the oval stay static; feathered by a Gaussian blur.
     """
     h, w = image_bgr.shape[:2]
-    lm = np.asarray(landmarks, dtype=np.float64)
-    size = float(np.ptp(lm[list(FACE_OVAL), 1]))
-    mask = np.zeros((h, w), np.uint8)
-    shift = 4
-    to_i = lambda p: np.round(p * (1 << shift)).astype(np.int32)  # noqa: E731
-    cv2.fillPoly(mask, [to_i(lm[list(FACE_OVAL)])], 255, shift=shift)
-    for poly, factor in EXCLUSIONS:
-        pts = lm[list(poly)]
-        c = pts.mean(axis=0)
-        cv2.fillPoly(mask, [to_i(c + (pts - c) * factor)], 0, shift=shift)
+    oval = polygon_points(landmarks, FACE_OVAL)
+    size = float(np.ptp(oval[:, 1]))
+    mask = fill_polygons(np.zeros((h, w), np.uint8), [oval], 255)
+    fill_polygons(mask, exclusion_polygons(landmarks), 0)
     ycc = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2YCrCb).astype(np.float32)
-    cheeks = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(cheeks, [to_i(lm[list(RIGHT_CHEEK)]), to_i(lm[list(LEFT_CHEEK)])], 255, shift=shift)
+    cheeks = fill_polygons(np.zeros((h, w), np.uint8),
+                           [polygon_points(landmarks, RIGHT_CHEEK), polygon_points(landmarks, LEFT_CHEEK)], 255)
     sample = ycc[cheeks > 0][:, 1:]
     if len(sample) >= 20:
         mu = sample.mean(axis=0)
@@ -280,20 +278,25 @@ class SyntheticPulseSource:
                 "inside the heart-rate band: pick another fps"
             )
         rng = np.random.default_rng(self.seed)
-
-        # Source face -> scaled face layer (colour, alpha, skin mask) in output pixels.
-        if face is None:
-            img = _astronaut_bgr()
-        elif isinstance(face, (str, Path)):
-            img = cv2.imread(str(face), cv2.IMREAD_COLOR)
-            if img is None:
-                raise UserError(f"cannot read face image: {face}")
+        # The draws below share one generator: their order is part of the seed's meaning.
+        self._make_face_layer(_read_face(face), face_fraction)
+        if isinstance(background, np.ndarray):
+            bg = cv2.resize(background, self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
         else:
-            img = np.ascontiguousarray(face)
-        lm = _face_landmarks(img)
-        oval = lm[list(FACE_OVAL)]
-        w_out, h_out = self.size
-        k = face_fraction * h_out / float(np.ptp(oval[:, 1]))
+            bg = background_image(rng, self.size, background)
+        self._bg = np.ascontiguousarray(bg, dtype=np.float32)
+        t = np.arange(self.frame_count) / self.fps
+        self._draw_pulse(rng)
+        self._draw_head_pose(rng, t)
+        self._draw_light(rng, t)
+
+    def _make_face_layer(self, img: np.ndarray, face_fraction: float) -> None:
+        """Source face -> scaled face layer (colour, alpha, skin mask) in output pixels."""
+        lm = still_landmarks(img)
+        if lm is None:
+            raise UserError("no face found in the synthetic-pulse source image")
+        oval = polygon_points(lm, FACE_OVAL)
+        k = face_fraction * self.size[1] / float(np.ptp(oval[:, 1]))
         centre = oval.mean(axis=0)
         # Layer: a region around the head (hair, neck) big enough for motion and turns.
         half = np.array([np.ptp(oval[:, 0]) * 1.2, np.ptp(oval[:, 1]) * 1.25]) * k
@@ -318,15 +321,9 @@ class SyntheticPulseSource:
         self.landmarks_layer = lm_layer
         self.source_landmarks = lm
 
-        if isinstance(background, np.ndarray):
-            self._bg = cv2.resize(background, self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
-        else:
-            self._bg = background_image(rng, self.size, background)
-        self._bg = np.ascontiguousarray(self._bg, dtype=np.float32)
-
+    def _draw_pulse(self, rng: np.random.Generator) -> None:
+        """Heart rate and the pulse phase (integral of the rate, so variability is smooth)."""
         n = self.frame_count
-        t = np.arange(n) / self.fps
-        # Heart rate and the pulse phase (integral of the rate, so variability is smooth).
         if self.hr_variability > 0:
             hr = self.hr_bpm + self.hr_variability * _smooth_walk(rng, n, self.fps, 8.0)
             self.true_hr: float | np.ndarray = hr
@@ -336,8 +333,10 @@ class SyntheticPulseSource:
         phase = np.concatenate([[0.0], np.cumsum(hr[:-1] / 60.0 / self.fps)]) + rng.uniform()
         self.true_pulse = ppg_waveform(phase)
 
-        # Head pose per frame: centre position, roll, scale, yaw.
-        m = self.motion
+    def _draw_head_pose(self, rng: np.random.Generator, t: np.ndarray) -> None:
+        """Head pose per frame: centre position, roll, scale, yaw."""
+        m, n = self.motion, self.frame_count
+        w_out, h_out = self.size
         self._pos = np.stack([w_out / 2 + m.translate_px * _smooth_walk(rng, n, self.fps, m.smooth_s),
                               h_out / 2 + m.translate_px * _smooth_walk(rng, n, self.fps, m.smooth_s)], axis=1)
         self._roll = m.roll_deg * _smooth_walk(rng, n, self.fps, m.smooth_s * 1.5)
@@ -350,7 +349,10 @@ class SyntheticPulseSource:
                 u = (t[ii] - start) / m.turn_s
                 self._yaw[ii] += rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0) * m.turn_deg * np.sin(np.pi * u) ** 2
                 start += m.turn_s + rng.exponential(m.turn_every_s)
-        # Light: aliased lamp flicker + slow drift (both well outside 0.7-3.5 Hz).
+
+    def _draw_light(self, rng: np.random.Generator, t: np.ndarray) -> None:
+        """Light: aliased lamp flicker + slow drift (both well outside 0.7-3.5 Hz)."""
+        n = self.frame_count
         # Drawn over at least a minute and cut to the clip: normalising a short clip's own
         # (nearly constant) drift by its tiny std would blow the light up.
         long_n = max(n, int(60 * self.fps))

@@ -5,7 +5,7 @@ The privacy meter and the trainer need the *same* identity descriptor that dlib 
 back-propagate to the image. This module reads dlib's own weight file,
 ``dlib_face_recognition_resnet_model_v1.dat`` from the ``face_recognition_models``
 package, and rebuilds the network layer by layer; it needs neither dlib nor network
-access (dlib is only used by :func:`dlib_chip` and by the parity test).
+access (dlib itself is only used by the recogniser wrapper and the parity test).
 
 The network (``anet_type`` of dlib's ``examples/dnn_face_recognition_ex.cpp``)
 ------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ class DlibResNet(nn.Module):
     """dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``).
 
     ``forward(x)``: ``x`` float32 ``(N, 3, 150, 150)``, **RGB**, values in [0, 1] (a dlib face
-    chip, uint8 / 255, e.g. from :func:`dlib_chip`). Returns float32 ``(N, 128)``, the same
+    chip, uint8 / 255, e.g. from the dlib recogniser's own alignment). Returns float32 ``(N, 128)``, the same
     descriptors dlib's ``face_recognition_model_v1.compute_face_descriptor`` gives for that
     chip, not re-normalised. Differentiable with respect to ``x``.
 
@@ -443,17 +443,6 @@ def load_dlib_resnet(path: str | Path | None = None) -> DlibResNet:
     net = DlibResNet(nodes, mean)
     net.requires_grad_(False)
     return net.eval()
-
-
-def dlib_chip(image_rgb_uint8: np.ndarray, shape) -> np.ndarray:
-    """The 150x150 RGB uint8 face chip dlib's recogniser uses for ``shape`` (a
-    ``dlib.full_object_detection`` of the 5- or 68-point predictor): exactly what
-    ``compute_face_descriptor(img, shape)`` aligns internally (size 150, padding 0.25)."""
-    import dlib  # optional dependency (the 'recognizers' extra)
-
-    image = np.ascontiguousarray(image_rgb_uint8, dtype=np.uint8)
-    chip = dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
-    return np.asarray(chip, dtype=np.uint8)
 
 
 def chip_to_tensor(chips: np.ndarray) -> torch.Tensor:

@@ -1,8 +1,14 @@
 """Qt panel (``livedeid gui``): protect-and-send for patients, heart-rate monitor for
 clinicians. Needs the ``gui`` extra (PySide6, pyqtgraph, mss).
 
-Widgets live in :mod:`.window`, :mod:`.video` and :mod:`.plots`; the threads that do the
-work (and run without any display) in :mod:`.workers` and :mod:`.meter`.
+Lives here: the window (:mod:`.main_window`) hosting the patient's tab
+(:mod:`.patient_tab`, with :mod:`.output_box` and :mod:`.meter_box`) and the
+clinician's tab (:mod:`.monitor_tab`), the video view and heart-rate plots
+(:mod:`.video`, :mod:`.plots`, :mod:`.widgets`); and, without any Qt, the threads that do
+the work (:mod:`.workers`, :mod:`.meter`), the panel's sink (:mod:`.sink_hub`), the
+screen source (:mod:`.screen`) and their hand-over to the window (:mod:`.common`).
+May import: the pipeline and everything below it, and the recognisers. Qt is imported
+only here and nowhere else in livedeid.
 """
 from __future__ import annotations
 
@@ -11,8 +17,12 @@ import os
 import platform
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from livedeid.core.errors import UserError
+
+if TYPE_CHECKING:
+    from livedeid.panel.workers import PanelSettings
 
 GUI_HINT = "pip install 'livedeid[gui]'"
 
@@ -30,7 +40,7 @@ def require_gui() -> None:
                         "see `livedeid --help` for the command-line tools")
 
 
-def run_panel(settings=None, *, mode: str = "patient", monitor_source: str | None = None,
+def run_panel(settings: PanelSettings | None = None, *, mode: str = "patient", monitor_source: str | None = None,
               theme: str = "dark", privacy_meter: bool = True) -> int:
     """Open the window and run Qt's event loop until it is closed."""
     require_gui()

@@ -88,7 +88,7 @@ class Snapshot:
     output: np.ndarray | None           # protected output (BGR uint8); None in monitor mode
     protected: bool
     faces: list[FaceView] = field(default_factory=list)
-    reading: object | None = None       # livedeid.rppg.hr.HRReading or None
+    reading: object | None = None       # livedeid.rppg.streaming.HRReading or None
     timestamp: float = 0.0
     index: int = 0
     fail_closed_regions: int = 0

@@ -21,10 +21,10 @@ import numpy as np
 
 from livedeid.core.errors import UserError
 from livedeid.panel.common import LatestValue
+from livedeid.recognizers.base import RECOGNIZER_NAMES, get_recognizer
 
 log = logging.getLogger(__name__)
 
-RECOGNIZER_NAMES = ("dlib", "sface")
 LABELS = {"dlib": "dlib ResNet", "sface": "SFace (OpenCV)"}
 
 # Verdicts (``RecognizerVerdict.status``)
@@ -73,9 +73,7 @@ def _explain(recognizer, native: float) -> str:
 
 class PrivacyMeter:
     def __init__(self, names: tuple[str, ...] = RECOGNIZER_NAMES, interval_s: float = 0.7,
-                 loader: Callable | None = None):
-        if loader is None:
-            from livedeid.recognizers.base import get_recognizer as loader
+                 loader: Callable = get_recognizer):
         self.names = tuple(names)
         self.interval_s = float(interval_s)
         self._loader = loader
@@ -139,10 +137,10 @@ class PrivacyMeter:
         """Enrol the largest face of a clean image per recogniser; {name: found}."""
         found = {}
         for name, rec in self.recognizers.items():
-            faces = rec.embed_faces(clean_bgr)
-            if faces:
-                self.enrolment[name] = faces[0].embedding
-            found[name] = bool(faces)
+            embedding = rec.embed_largest(clean_bgr)
+            if embedding is not None:
+                self.enrolment[name] = embedding
+            found[name] = embedding is not None
         return found
 
     def evaluate(self, output_bgr: np.ndarray) -> dict[str, RecognizerVerdict]:

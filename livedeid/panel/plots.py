@@ -1,6 +1,6 @@
 """Heart-rate panel: the big number, a quality light, the pulse and its spectrum.
 
-Fed with :class:`livedeid.rppg.hr.HRReading` (about once a second); a poor reading is never
+Fed with :class:`livedeid.rppg.streaming.HRReading` (about once a second); a poor reading is never
 shown as a number - the light turns red and says "no reading".
 """
 from __future__ import annotations
@@ -10,15 +10,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout
 
+from livedeid.panel.widgets import repolish
+
 NO_NUMBER = "\u2013"  # an en dash: "no number", never a guessed one
 QUALITY_TEXT = {"good": "good signal", "fair": "fair signal", "poor": "no reading"}
-
-
-def _repolish(widget) -> None:
-    # Qt re-reads a stylesheet's [property="..."] selectors only when asked to.
-    widget.style().unpolish(widget)
-    widget.style().polish(widget)
-    widget.update()
 
 
 class HeartRatePanel(QFrame):
@@ -115,7 +110,7 @@ class HeartRatePanel(QFrame):
 
     def _set_quality(self, quality: str, text: str) -> None:
         self.light.setProperty("quality", quality)
-        _repolish(self.light)
+        repolish(self.light)
         self.quality_label.setText(text)
 
     def set_reading(self, reading) -> bool:

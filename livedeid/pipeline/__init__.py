@@ -1,7 +1,9 @@
 """The live graph, wired in one place.
 
-Lives here: ``build_processor`` (settings -> a frame processor, CPU or device), the frame
-processors, the threaded runner with bounded queues, and the stage statistics.
+Lives here: ``factory.build_processor`` (settings -> a frame processor, CPU or device: the
+one wiring point), the frame processors (``processor`` on the CPU, ``device`` with the
+middle stages on a torch device), the threaded ``runner`` with bounded queues, and the
+stage ``stats``.
 May import: ``core``, ``io``, ``tracking``, ``protect``, ``inference``, ``rppg``. Never the
-CLI or Qt; torch only in ``device`` (the GPU processor), which is loaded on demand.
+CLI or Qt; torch only in ``device`` (the GPU processor), which the factory loads on demand.
 """

@@ -1,6 +1,8 @@
 """Real face recognisers used to measure (and attack) privacy.
 
-Lives here: dlib and SFace behind one ``Recognizer`` interface and registry, their
-differentiable torch heads, and ONNX -> torch loading.
+Lives here: the ``Recognizer`` interface, its registry and the "largest face" enrolment
+rule (``base``); dlib (``dlib``) and SFace with its YuNet detector (``sface``); ONNX
+loading, de-quantisation and the ONNX -> torch interpreter (``onnx_torch``); the
+calibration of livedeid crops onto recogniser chips (``chips``).
 May import: ``core``, ``tracking``; ``livedeid.nets`` for the dlib port (torch, lazily).
 """

@@ -75,6 +75,11 @@ def alignment(landmarks: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.nda
     return to_crop, from_crop, fit_error
 
 
+def largest_face(faces: list[FaceTrack]) -> FaceTrack:
+    """The face whose landmarks span the largest box (the primary person)."""
+    return max(faces, key=lambda f: np.ptp(f.landmarks[:, 0]) * np.ptp(f.landmarks[:, 1]))
+
+
 @dataclass
 class _Track:
     track_id: int
@@ -103,7 +108,6 @@ class FaceTracker:
         smoothing: bool = True,
         forget_after_s: float = math.inf,
         static_images: bool = False,
-        safety_net: bool = True,
     ):
         import mediapipe as mp  # heavy import, only when a tracker is built
 
@@ -118,9 +122,6 @@ class FaceTracker:
             min_detection_confidence=min_detection_confidence,
             min_tracking_confidence=min_tracking_confidence,
         )
-        self.safety_net = SafetyNet() if safety_net else None
-        self.unheld_boxes: list[tuple[int, int, int, int]] = []
-        self.face_seen = False
         self._tracks: list[_Track] = []
         self._lost_since: dict[int, float] = {}
         self._next_id = 0
@@ -128,8 +129,6 @@ class FaceTracker:
 
     def close(self) -> None:
         self._mesh.close()
-        if self.safety_net is not None:
-            self.safety_net.close()
 
     def __enter__(self):
         return self
@@ -137,8 +136,9 @@ class FaceTracker:
     def __exit__(self, *exc):
         self.close()
 
-    def _detection_rgb(self, image_bgr: np.ndarray) -> np.ndarray:
-        """The read-only RGB copy, at most ``detect_long_side`` px, that detectors see."""
+    def detection_rgb(self, image_bgr: np.ndarray) -> np.ndarray:
+        """The read-only RGB copy, at most ``detect_long_side`` px, that detectors see
+        (pass it on to ``update`` and to other detectors so it is made once per frame)."""
         h, w = image_bgr.shape[:2]
         scale = min(1.0, self.detect_long_side / max(h, w))
         small = image_bgr if scale == 1.0 else cv2.resize(
@@ -151,28 +151,25 @@ class FaceTracker:
     def detect(self, image_bgr: np.ndarray, rgb: np.ndarray | None = None) -> list[np.ndarray]:
         """Raw MediaPipe landmarks (478, 2) in full-frame pixels for each detected face."""
         h, w = image_bgr.shape[:2]
-        result = self._mesh.process(self._detection_rgb(image_bgr) if rgb is None else rgb)
+        result = self._mesh.process(self.detection_rgb(image_bgr) if rgb is None else rgb)
         faces = []
         for face in result.multi_face_landmarks or []:
             pts = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32)
             faces.append(pts * np.array([w, h], dtype=np.float32))
         return faces
 
-    def update(self, image_bgr: np.ndarray, timestamp: float) -> list[FaceTrack]:
-        """Track faces in one frame. Afterwards ``unheld_boxes`` lists the faces the safety
-        net sees that no track holds, and ``face_seen`` says whether any face has been
-        found since the tracker started."""
+    def update(self, image_bgr: np.ndarray, timestamp: float, rgb: np.ndarray | None = None) -> list[FaceTrack]:
+        """Track faces in one frame (``rgb``: its :meth:`detection_rgb`, when already made)."""
         if self._last_t is not None and timestamp <= self._last_t:
             timestamp = self._last_t + 1e-3  # keep time strictly increasing for the filter
         self._last_t = timestamp
-        rgb = self._detection_rgb(image_bgr)
-        detections = self.detect(image_bgr, rgb)
-        self._associate(detections, timestamp)
-        faces = [self._to_face_track(t) for t in self._tracks]
-        if self.safety_net is not None:
-            self.unheld_boxes = self.safety_net.update(rgb, image_bgr.shape[:2], [f.bbox() for f in faces])
-        self.face_seen = self.face_seen or bool(faces) or bool(self.unheld_boxes)
-        return faces
+        self._associate(self.detect(image_bgr, rgb), timestamp)
+        return [self._to_face_track(t) for t in self._tracks]
+
+    def clear(self) -> None:
+        """Forget every track, lost ones included (nobody is held hidden any more)."""
+        self._tracks.clear()
+        self._lost_since.clear()
 
     # -- internals -------------------------------------------------------------------
     @staticmethod
@@ -237,75 +234,3 @@ class FaceTracker:
             confidence=confidence,
             lost_frames=tr.lost_frames,
         )
-
-
-class SafetyNet:
-    """A second, independent face detector over every frame, for failing closed on faces
-    the face mesh does not hold: MediaPipe's full-range BlazeFace (shipped in the wheel),
-    which finds faces several times smaller than the mesh's short-range detector
-    (about 25 px wide in a 640 px frame). Each face it finds whose centre lies in no
-    track's box is returned for hiding, and stays hidden for ``hold_frames`` frames after
-    it was last seen (detectors flicker on small faces), its box growing meanwhile.
-
-    The detector sees a 192 px image, so on the whole frame it misses faces under ~40 px
-    of a 640 px frame. Each frame therefore also looks at one quarter of the frame (2x2
-    overlapping tiles in turn, at twice the resolution), finding faces down to ~20 px
-    within four frames for the cost of one more detector call per frame.
-    """
-
-    def __init__(self, min_confidence: float = 0.4, hold_frames: int = 15, margin: float = 0.35,
-                 growth_per_frame: float = 0.05):
-        import mediapipe as mp
-
-        self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=min_confidence)
-        self.hold_frames, self.margin, self.growth = hold_frames, margin, growth_per_frame
-        self._held: list[list] = []  # [x0, y0, x1, y1, frames since last seen]
-        self._tile = 0
-
-    def close(self) -> None:
-        self._detector.close()
-
-    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int]) -> list[tuple[float, float, float, float]]:
-        """Face boxes (x0, y0, x1, y1) in full-frame pixels: the whole frame plus this
-        frame's tile (the next of the 2x2 overlapping quarters)."""
-        h, w = frame_hw
-        rh, rw = rgb.shape[:2]
-        col, row = self._tile % 2, self._tile // 2
-        self._tile = (self._tile + 1) % 4
-        tw, th = int(rw * 0.6), int(rh * 0.6)  # quarters with 20 % overlap
-        tx, ty = col * (rw - tw), row * (rh - th)
-        boxes = []
-        for image, (ox, oy, sw, sh) in ((rgb, (0, 0, rw, rh)), (rgb[ty:ty + th, tx:tx + tw], (tx, ty, tw, th))):
-            for det in self._detector.process(np.ascontiguousarray(image)).detections or []:
-                b = det.location_data.relative_bounding_box
-                x0, y0 = (ox + b.xmin * sw) * w / rw, (oy + b.ymin * sh) * h / rh
-                boxes.append((x0, y0, x0 + b.width * sw * w / rw, y0 + b.height * sh * h / rh))
-        return boxes
-
-    def update(self, rgb: np.ndarray, frame_hw: tuple[int, int],
-               tracked: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-        def held_by_track(box) -> bool:
-            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            return any(t[0] <= cx <= t[2] and t[1] <= cy <= t[3] for t in tracked)
-
-        fresh = [b for b in self.detect(rgb, frame_hw) if not held_by_track(b)]
-        for entry in self._held:
-            entry[4] += 1
-        for b in fresh:
-            cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-            same = [e for e in self._held if e[0] <= cx <= e[2] and e[1] <= cy <= e[3]]
-            if same:
-                same[0][:] = [*b, 0]
-            else:
-                self._held.append([*b, 0])
-        # A face the mesh has taken over is the track's to protect now.
-        self._held = [e for e in self._held if e[4] <= self.hold_frames and not held_by_track(e)]
-        h, w = frame_hw
-        out = []
-        for x0, y0, x1, y1, misses in self._held:
-            m = (self.margin + self.growth * misses) * max(x1 - x0, y1 - y0, 8)
-            box = (max(0, int(x0 - m)), max(0, int(y0 - m)), min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m))))
-            if box[2] > box[0] and box[3] > box[1]:
-                out.append(box)
-        return out

@@ -6,7 +6,7 @@ Two kinds of source feed the trainer through one batch format (:class:`ClipBatch
   celebrities and ORL), each turned into as many clips as we like. Every photo is aligned
   once (MediaPipe landmarks -> the tracker's own similarity alignment) into a crop with a
   margin, together with its pulse-skin mask (:func:`livedeid.io.synthetic.skin_pulse_mask`) and
-  the rPPG region (:func:`livedeid.rppg.hr.skin_mask`). A clip is then made *in crop space*
+  the rPPG region (:func:`livedeid.rppg.regions.skin_mask`). A clip is then made *in crop space*
   (cheap: one 192->128 warp per frame): a PPG pulse along the haemoglobin signature on
   the skin (:func:`livedeid.io.synthetic.ppg_waveform`), small smooth head motion (shift, roll,
   scale - i.e. tracker jitter and movement), a random global misalignment, brightness
@@ -31,12 +31,12 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from livedeid.core.errors import UserError
+from livedeid.evaluation.photos import list_face_images
 from livedeid.io.synthetic import PULSE_SIGNATURE_RGB, ppg_waveform
 
 CROP = 128
 MARGIN = 32          # crop margin (px, each side) so that jitter never samples outside
 BIG = CROP + 2 * MARGIN
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
@@ -68,40 +68,22 @@ class AlignedFace:
     oval: np.ndarray        # (BIG, BIG) float32 feathered face oval (the composite's mask)
 
 
-def list_face_images(root: Path) -> list[tuple[str, Path]]:
-    """(identity, path) of every labelled photo under ``root`` (= ``.../data/faces``):
-    ``celebrities/idNN/*.jpg`` and ``orl/sN/*.pgm``."""
-    root = Path(root)
-    out = []
-    for dataset in ("celebrities", "orl"):
-        base = root / dataset
-        if not base.is_dir():
-            continue
-        for person in sorted(p for p in base.iterdir() if p.is_dir()):
-            for img in sorted(person.iterdir(), key=lambda p: (len(p.stem), p.stem)):
-                if img.suffix.lower() in IMAGE_EXTS:
-                    out.append((f"{dataset}/{person.name}", img))
-    return out
-
-
 def align_photo(image_bgr: np.ndarray, landmarks: np.ndarray | None = None):
     """(crop BIG x BIG uint8 RGB, landmarks in crop coordinates) or None if no face.
 
-    Small photos (ORL is 92x112) are upscaled before landmarking (MediaPipe misses small
-    faces); big ones are shrunk with area averaging so the warp does not alias."""
-    from livedeid.recognizers.base import mediapipe_landmarks
+    Landmarks, unless given, are :func:`livedeid.tracking.still.still_landmarks`'s (largest
+    face; small photos such as ORL's 92x112 searched again enlarged). Big photos are
+    shrunk with area averaging before the warp so that it does not alias."""
     from livedeid.tracking.mesh import alignment
+    from livedeid.tracking.still import still_landmarks
 
     img = image_bgr
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if landmarks is None:
-        up = 3.0 if max(img.shape[:2]) < 300 else 1.0
-        work = cv2.resize(img, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC) if up != 1 else img
-        lm = mediapipe_landmarks(work)
-        if lm is None:
+        landmarks = still_landmarks(img)
+        if landmarks is None:
             return None
-        landmarks = lm / up
     m = alignment(landmarks, CROP)[0]
     scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
     if scale < 0.8:  # shrink first (area), then warp near scale 1
@@ -121,20 +103,20 @@ def align_photo(image_bgr: np.ndarray, landmarks: np.ndarray | None = None):
 def prepare_faces(root: Path, cache: Path | None = None) -> list[AlignedFace]:
     """Align every labelled photo once (a few seconds per hundred photos), cached as npz."""
     from livedeid.io.synthetic import skin_pulse_mask
-    from livedeid.rppg.hr import skin_mask
+    from livedeid.rppg.regions import skin_mask
 
     items = list_face_images(root)
     if not items:
         raise UserError(f"no labelled face photos under {root} (expected celebrities/idNN or orl/sN)")
-    key = json.dumps(["v2"] + [str(p) for _, p in items])
+    key = json.dumps(["v3"] + [str(s.path) for s in items])  # v3: tracking.still landmarks
     if cache is not None and Path(cache).is_file():
         z = np.load(cache, allow_pickle=False)
         if str(z["key"]) == key:
             return [AlignedFace(str(i), str(p), c, s.astype(np.float32), r.astype(np.float32), o.astype(np.float32))
                     for i, p, c, s, r, o in zip(z["ids"], z["paths"], z["crops"], z["skin"], z["roi"], z["oval"])]
     faces = []
-    for identity, path in items:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    for photo in items:
+        img = cv2.imread(str(photo.path), cv2.IMREAD_COLOR)
         if img is None:
             continue
         res = align_photo(img)
@@ -144,7 +126,7 @@ def prepare_faces(root: Path, cache: Path | None = None) -> list[AlignedFace]:
         crop_bgr = np.ascontiguousarray(crop_rgb[:, :, ::-1])
         skin = skin_pulse_mask(crop_bgr, lm).astype(np.float32)
         roi = skin_mask(lm, (BIG, BIG)).astype(np.float32)
-        faces.append(AlignedFace(identity, str(path), crop_rgb, skin, roi, oval_in(lm, BIG)))
+        faces.append(AlignedFace(photo.identity, str(photo.path), crop_rgb, skin, roi, oval_in(lm, BIG)))
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cache, key=key, ids=[f.identity for f in faces], paths=[f.path for f in faces],
@@ -202,6 +184,12 @@ def _similarity(dx: float, dy: float, roll_deg: float, scale: float) -> np.ndarr
     return np.hstack([r, t[:, None]])
 
 
+def centre_crop(image: np.ndarray) -> np.ndarray:
+    """The centred ``CROP`` px part of a ``BIG`` px aligned image or mask: what the model
+    sees of an aligned photo held still (no jitter, no misalignment)."""
+    return np.ascontiguousarray(image[MARGIN:MARGIN + CROP, MARGIN:MARGIN + CROP])
+
+
 @dataclass
 class ClipSettings:
     fs: float = 30.0
@@ -239,8 +227,7 @@ class FaceClipSampler:
     def aligned_crops(self) -> tuple[np.ndarray, np.ndarray]:
         """Every photo's centred 128 crop (N, 3, 128, 128) float32 and its identity index:
         the clean gallery (prototypes) and the evaluation probes."""
-        m = _similarity(0, 0, 0, 1.0)
-        crops = np.stack([cv2.warpAffine(c, m, (CROP, CROP), flags=cv2.INTER_LINEAR) for c in self._crop])
+        crops = np.stack([centre_crop(c) for c in self._crop])
         return crops.transpose(0, 3, 1, 2).copy(), self.label.copy()
 
     def sample(self, n: int, length: int, rng: np.random.Generator, photo: np.ndarray | None = None) -> ClipBatch:
@@ -372,7 +359,7 @@ def track_video(item: VideoItem, max_frames: int | None = None):
     timestamps ``(L,)`` of the largest tracked face of a video (frames without a trusted
     face are dropped; a long gap splits nothing here - clips are re-cut by the sampler)."""
     from livedeid.protect.windows import extract_crop
-    from livedeid.rppg.hr import skin_mask
+    from livedeid.rppg.regions import skin_mask
     from livedeid.tracking.mesh import FaceTracker
 
     crops, masks, ovals, ts = [], [], [], []

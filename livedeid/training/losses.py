@@ -14,7 +14,7 @@ for embedding face recognisers.
   (a) and (b) need the subject in the gallery (training identities only); (c) needs no
   gallery and is the term that carries over to people never seen in training.
 * **rPPG** - the pulse must survive: negative Pearson correlation between the POS pulse
-  (:func:`livedeid.rppg.hr.pos_torch`, on the forehead/cheek mask) of the clean and of the
+  (:func:`livedeid.rppg.differentiable.pos_torch`, on the forehead/cheek mask) of the clean and of the
   protected sequence (needs >= ~1.6 s of consecutive outputs), plus a cheap complement
   usable on every batch: the frame-to-frame change of the residual's mean colour on the
   skin (a residual whose skin mean does not change over time cannot disturb the pulse).
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from livedeid.rppg.hr import masked_mean_rgb_torch, pos_torch
+from livedeid.rppg.differentiable import masked_mean_rgb_torch, pos_torch
 
 
 # --------------------------------------------------------------------------------------
@@ -169,10 +169,3 @@ def residual_temporal_loss(residual_seq: torch.Tensor, roi: torch.Tensor) -> tor
     m = masked_mean_rgb_torch(residual_seq, roi) * 255.0   # (B, K, 3)
     return (m[:, 1:] - m[:, :-1]).pow(2).mean()
 
-
-@dataclass
-class LossWeights:
-    alpha: float = 1.0      # reconstruct
-    beta: float = 0.05      # de-identify
-    gamma: float = 0.05     # rPPG (Pearson)
-    temporal: float = 0.05  # residual skin-mean change (rPPG's cheap complement)

@@ -1,0 +1,76 @@
+"""Options several commands share, and the one way a command turns them into the
+pipeline's :class:`~livedeid.core.settings.PipelineConfig`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from livedeid.core.settings import ENGINE_NAMES, FAIL_CLOSED_POLICIES, HR_METHODS
+
+if TYPE_CHECKING:
+    from livedeid.core.settings import PipelineConfig
+    from livedeid.pipeline.processor import FrameProcessor
+
+# Command-line option (argparse dest) -> PipelineConfig field.
+CONFIG_OPTIONS = {"engine": "engine", "model": "manifest", "fail_closed": "fail_closed",
+                  "max_faces": "max_faces", "hr_method": "hr_method", "hr_overlay": "hr_overlay"}
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    # Defaults are None so that a value given on the command line can be told apart from
+    # one to take from --config (or, failing that, from PipelineConfig's defaults).
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="pipeline settings as JSON or TOML (keys as PipelineConfig: engine, model, fail_closed, "
+                        "max_faces, min_confidence, hr_method, hr_window_s, hr_overlay, detect_long_side, "
+                        "safety_net, startup_guard); "
+                        "options given here win")
+    p.add_argument("--engine", choices=ENGINE_NAMES, default=None,
+                   help="inference backend (default: auto = TensorRT > torch CUDA > ONNX Runtime)")
+    p.add_argument("--model", type=Path, default=None, metavar="MANIFEST",
+                   help="model manifest JSON (default: the shipped engines/deid.json)")
+    p.add_argument("--fail-closed", choices=FAIL_CLOSED_POLICIES, default=None,
+                   help="what to show for a face that is lost or uncertain (default: blur)")
+    p.add_argument("--max-faces", type=int, default=None, help="faces tracked and protected, 1..4 (default 4)")
+    p.add_argument("--hr-method", choices=HR_METHODS, default=None,
+                   help="rPPG method for the heart rate (default: pos)")
+    p.add_argument("--hr-overlay", action="store_true", default=None, help="burn the live heart rate into the output")
+
+
+def add_live_options(p: argparse.ArgumentParser, no_virtual_camera_help: str) -> None:
+    """Camera size/rate and virtual-camera options shared by `run` and `gui`."""
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--no-virtual-camera", action="store_true", help=no_virtual_camera_help)
+    p.add_argument("--backend", default=None, help="pyvirtualcam backend (default: the OS's)")
+    p.add_argument("--device", default=None, help="virtual camera device, e.g. /dev/video10")
+
+
+def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """The pipeline settings of a command: command line > --config file > PipelineConfig
+    defaults. Every command that runs the pipeline (run, process, demo, gui) builds its
+    config here and nowhere else."""
+    from livedeid.core.settings import PipelineConfig, load_pipeline_config
+
+    config = load_pipeline_config(args.config) if args.config else PipelineConfig()
+    for option, field_name in CONFIG_OPTIONS.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(config, field_name, value)
+    config.validate()
+    return config
+
+
+def start_processor(config: PipelineConfig) -> FrameProcessor:
+    """The pipeline's processor, with the engine chosen (and why) said on stderr."""
+    from livedeid.pipeline.factory import build_processor
+
+    proc = build_processor(config)
+    print(f"engine: {proc.engine.describe()} [{proc.engine_reason}]", file=sys.stderr)
+    for why in proc.engine_skipped:
+        print(f"  skipped {why}", file=sys.stderr)
+    if proc.warning:
+        print(f"WARNING: {proc.warning}", file=sys.stderr)
+    return proc

@@ -1,0 +1,70 @@
+"""Small Qt helpers the window's parts share: icons, themes, combo boxes, source names."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QComboBox, QFrame, QScrollArea, QWidget
+
+from livedeid.assets import ui_dir
+
+log = logging.getLogger(__name__)
+
+UI_DIR = ui_dir()
+SYNTHETIC_SPEC = "synthetic:72"
+VIDEO_FILES = "Videos (*.mp4 *.mkv *.mov *.avi *.webm);;All files (*)"
+
+
+def icon(name: str) -> QIcon:
+    path = UI_DIR / "icons" / f"{name}.svg"
+    return QIcon(str(path)) if path.is_file() else QIcon()
+
+
+def stylesheet(theme: str) -> str:
+    path = UI_DIR / f"style_{theme}.qss"
+    try:
+        text = path.read_text()
+    except OSError:
+        log.warning("stylesheet %s not found; using Qt's default look", path)
+        return ""
+    # Qt resolves url() against the working directory, not the stylesheet's folder.
+    return text.replace("@ICONS@", (UI_DIR / "icons").as_posix())
+
+
+def repolish(widget) -> None:
+    # Qt re-reads a stylesheet's [property="..."] selectors only when asked to.
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)
+    widget.update()
+
+
+def scrolling(widget: QWidget) -> QScrollArea:
+    """``widget`` in a frameless area that scrolls vertically when the window is short."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(widget)
+    return area
+
+
+def select_data(combo: QComboBox, data, add: bool = False, label: str | None = None) -> None:
+    """Select the item holding ``data``; with ``add``, append it first when missing."""
+    i = combo.findData(data)
+    if i < 0 and add:
+        combo.addItem(label or str(data), data)
+        i = combo.count() - 1
+    if i >= 0:
+        combo.setCurrentIndex(i)
+
+
+def source_label(spec: str) -> str:
+    """A source spec (camera index, synthetic[:HR], file path) in words."""
+    if spec.isdigit():
+        return f"camera {spec}"
+    if spec.startswith("synthetic"):
+        hr = spec.split(":", 1)[1] if ":" in spec else "72"
+        return f"synthetic face, {hr} bpm"
+    return f"video file: {Path(spec).name}"
