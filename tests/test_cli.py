@@ -20,6 +20,7 @@ from livedeid.protect.composite import oval_mask
 
 
 @pytest.mark.slow
+@pytest.mark.data
 def test_process_real_video_is_frame_exact_with_audio(tmp_path):
     clip = data_path("videos", "hamilton_clip.mp4")
     out = tmp_path / "out.mp4"
@@ -40,6 +41,7 @@ def test_process_real_video_is_frame_exact_with_audio(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.data
 def test_pixels_outside_the_face_mask_equal_the_input(tmp_path):
     """Lossless output of a real video: every pixel outside the face ovals (and the
     fail-closed regions) is bit-identical to the decoded input."""
@@ -90,6 +92,7 @@ def test_zero_byte_and_non_video_inputs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.mp4", "notes.mp4"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("faststart", [False, True])
 def test_truncated_video(tmp_path, faststart):
     good = tmp_path / "good.mp4"
@@ -103,6 +106,7 @@ def test_truncated_video(tmp_path, faststart):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "good.mp4"]
 
 
+@pytest.mark.slow
 def test_unwritable_output_leaves_nothing(tmp_path):
     good = tmp_path / "in.mp4"
     write_video(good)
@@ -118,6 +122,7 @@ def test_unknown_camera_index():
     assert_one_line_error(rc, err, "camera 7 is not available")
 
 
+@pytest.mark.slow
 def test_small_video_processes_frame_exact(tmp_path):
     good = tmp_path / "in.mp4"
     write_video(good, n=45, size=(64, 48))
@@ -172,6 +177,7 @@ class RecordingBackend:
         return None
 
 
+@pytest.mark.slow
 def test_virtual_camera_receives_protected_bgr_frames_at_camera_rate(capsys):
     pyvirtualcam.register_backend("livedeid-test", RecordingBackend)
     RecordingBackend.instances.clear()
@@ -201,6 +207,7 @@ def test_virtual_camera_receives_protected_bgr_frames_at_camera_rate(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.data
 def test_monitor_heart_rate_on_pulse_clips_of_six_real_faces(tmp_path, capsys):
     """Acceptance: `livedeid monitor` on 20 s H.264 files of 6 real celebrity photos with a
     known pulse (50..150 bpm), head motion, light flicker and sensor noise: MAE <= 1.5 bpm."""
@@ -225,6 +232,7 @@ def test_monitor_heart_rate_on_pulse_clips_of_six_real_faces(tmp_path, capsys):
     assert mae <= 1.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pix_fmt", ["gray", "gray16le"])
 def test_greyscale_and_16_bit_videos_are_processed_frame_exact(tmp_path, pix_fmt):
     src = tmp_path / f"in_{pix_fmt}.mkv"
@@ -234,6 +242,7 @@ def test_greyscale_and_16_bit_videos_are_processed_frame_exact(tmp_path, pix_fmt
     assert video_info(tmp_path / "out.mkv")[:3] == video_info(src)[:3]
 
 
+@pytest.mark.slow
 def test_demo_writes_video_and_heart_rate_report(tmp_path):
     """The README's main command, shortened: the built-in clip through the whole pipeline."""
     out, report = tmp_path / "demo.mp4", tmp_path / "demo_hr.json"

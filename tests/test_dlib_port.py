@@ -61,6 +61,8 @@ def celebrity_chips():
     return chips, recogniser.embed_chips(chips).astype(np.float64), names
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_descriptors_match_dlib(net, celebrity_chips):
     chips, refs, names = celebrity_chips
     assert chips.shape[1:] == (CHIP_SIZE, CHIP_SIZE, 3) and chips.dtype == np.uint8

@@ -41,6 +41,7 @@ def test_invalid_frame_rate_metadata_is_refused(tmp_path, scale, rate):
     assert _listing(tmp_path) == ["broken.avi"]
 
 
+@pytest.mark.slow
 def test_8k_video_is_processed_frame_exact(tmp_path):
     src = tmp_path / "8k.mp4"
     write_video(src, n=3, size=(7680, 4320))
@@ -144,6 +145,7 @@ def _decoded(path: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
+@pytest.mark.data
 def test_resume_continues_a_killed_run(tmp_path):
     clip = data_path("videos", "hamilton_clip.mp4")
     out = tmp_path / "out.mkv"
@@ -176,6 +178,7 @@ def test_resume_continues_a_killed_run(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(resumed[:done], reference[:done]))
 
 
+@pytest.mark.slow
 def test_resume_refuses_state_from_other_settings(tmp_path):
     src = tmp_path / "in.mp4"
     write_video(src, n=12, size=(64, 48))
@@ -190,6 +193,8 @@ def test_resume_refuses_state_from_other_settings(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.data
 def test_interrupted_resumable_run_says_how_to_continue(tmp_path):
     """Ctrl+C during a --resume run: finished segments stay, the unfinished one goes, and
     the message says how to continue; the same command then completes the output."""

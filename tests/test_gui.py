@@ -130,6 +130,7 @@ def _wait_frames(qtbot, window, n: int, timeout_ms: int = 20000) -> None:
     qtbot.waitUntil(lambda: window.video.frames_shown >= start + n, timeout=timeout_ms)
 
 
+@pytest.mark.slow
 def test_heart_rate_matches_the_clip(patient, qtbot, artifacts):
     window, _ = patient
     tab = window.patient_tab
@@ -370,6 +371,7 @@ def test_closing_stops_threads_and_releases_everything(patient, qtbot):
     assert cam.closed and all(c.closed for c in RecordingBackend.instances)
 
 
+@pytest.mark.slow
 def test_monitor_mode_reads_the_heart_rate_of_a_file(qtbot, tmp_path):
     from livedeid.io.synthetic import write_clip
 

@@ -72,6 +72,7 @@ def _scores(rec, ids, emb):
     return np.array(genuine), np.array(impostor)
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_evaluator_separates_identities(evaluated, celebs):
     rec, faces, emb = evaluated
@@ -114,6 +115,7 @@ def test_embed_faces_boxes_largest_first(evaluated, celebs):
         assert not rec.is_match(found[0].embedding, found[1].embedding)
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_crop_to_chip_reproduces_evaluator(evaluated, celebs, landmarks):
     """A livedeid crop (MediaPipe five points, tracker alignment) warped with crop_to_chip
@@ -173,6 +175,7 @@ def test_chip_grid_theta_equals_warp_affine(evaluated, celebs, landmarks):
     assert np.abs(got[inner, inner] - ref[inner, inner]).mean() < 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_sface_torch_port_parity(celebs):
     """De-quantised torch SFace vs the int8 block-quantised original in ONNX Runtime."""

@@ -20,6 +20,17 @@ METRIC_COLUMNS = (("detection", "det"), ("top1", "top-1"), ("self_match", "self"
                   ("tar", "TAR@1e-3"))
 
 
+
+def shown_path(path) -> str:
+    """A path as a report shows it: relative to the working directory (reports are committed
+    and read on other machines, where this machine's absolute paths mean nothing)."""
+    import os
+
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows: no relative form exists
+        return str(path)
+
 def _fmt(x: float, pct: bool = True) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -70,7 +81,7 @@ def markdown(report: EvalReport) -> str:
         lines += [f"**Model under test:** {report.model_note}", ""]
     chance = 1.0 / report.identities
     lines += [
-        f"- dataset: `{report.dataset}`: {report.identities} identities, {report.images} photos"
+        f"- dataset: `{shown_path(report.dataset)}`: {report.identities} identities, {report.images} photos"
         + (f" (the first {report.per_identity} per identity)" if report.per_identity else "") + "; "
         f"{report.used} with a face-mesh region"
         + (f" (no mesh: {', '.join(report.no_region[:8])}{' ...' if len(report.no_region) > 8 else ''})"

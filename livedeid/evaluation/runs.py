@@ -28,7 +28,7 @@ from livedeid.evaluation.baselines import DEFAULT_METHODS, DirMethod, Method, Mo
 from livedeid.evaluation.harness import CleanPhotos, MethodResult, load_clean_photos, measure_method
 from livedeid.evaluation.photos import list_identity_folder
 from livedeid.evaluation.pulse import evaluate_pulse
-from livedeid.evaluation.report import write_outputs
+from livedeid.evaluation.report import shown_path, write_outputs
 
 DEFAULT_NOISE_PSNR = 32.0  # noise baseline when no method under test gives a PSNR
 
@@ -111,7 +111,7 @@ def _model_note(under_test: list[Method]) -> str | None:
     from livedeid.inference.manifest import model_warning
 
     warn = model_warning(mm.spec)
-    note = (f"model '{mm.spec.name}' ({mm.spec.manifest_path}), trained: "
+    note = (f"model '{mm.spec.name}' ({shown_path(mm.spec.manifest_path)}), trained: "
             f"{str(mm.spec.trained).lower()}; engine {mm.engine.describe()}; "
             f"{mm.fail_closed_images} photo(s) had a face hidden by the fail-closed policy, "
             f"{mm.untracked_images} had no tracked face")
