@@ -39,10 +39,11 @@ ALLOWED = {
                    "pipeline", "nets"},
     "training": {"core", "assets", "io", "tracking", "protect", "inference", "rppg", "recognizers",
                  "pipeline", "nets", "evaluation"},
+    "cloak": {"core", "tracking", "protect", "recognizers", "io", "evaluation"},
     "panel": {"core", "assets", "io", "tracking", "protect", "inference", "rppg", "recognizers",
               "pipeline"},
     "cli": {"core", "assets", "io", "tracking", "protect", "inference", "rppg", "recognizers",
-            "pipeline", "nets", "training", "evaluation", "panel"},
+            "pipeline", "nets", "training", "evaluation", "panel", "cloak"},
 }
 QT_MODULES = ("PySide6", "pyqtgraph", "shiboken6")
 

@@ -12,9 +12,9 @@ from conftest import data_path
 
 torch = pytest.importorskip("torch")
 
+from livedeid.recognizers.heads import RecognizerHead  # noqa: E402
 from livedeid.training.losses import (  # noqa: E402
     DeidWeights,
-    RecognizerHead,
     deid_loss,
     gallery_terms,
     pearson_loss,

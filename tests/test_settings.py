@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 
+import numpy as np
 import pytest
 from conftest import write_video
 
@@ -14,13 +15,14 @@ from livedeid.assets import engines_dir
 from livedeid.cli.main import main
 from livedeid.core.errors import UserError
 from livedeid.core.settings import PipelineConfig, load_pipeline_config
+from livedeid.io.profile import Profile, save_profile
 from livedeid.pipeline.processor import FrameProcessor
 
 # The keys the README and `--config`'s help list, each with a value that is not the default.
 DOCUMENTED = {
     "engine": "onnxruntime", "model": None, "fail_closed": "mask", "max_faces": 2, "min_confidence": 0.7,
     "hr_method": "chrom", "hr_window_s": 8.0, "hr_overlay": True, "detect_long_side": 480,
-    "safety_net": False, "startup_guard": False,
+    "safety_net": False, "startup_guard": False, "profile": "ada.npz",
 }
 CAPTURED = "stopped here: the test has the pipeline's config"
 
@@ -28,6 +30,9 @@ CAPTURED = "stopped here: the test has the pipeline's config"
 @pytest.fixture
 def config_file(tmp_path):
     values = dict(DOCUMENTED, model=str(engines_dir() / "deid.json"))
+    # A real profile beside the settings file (a relative path means beside it).
+    save_profile(Profile(name="ada", pattern=np.zeros((3, 128, 128), np.float32), budget=8 / 255),
+                 tmp_path / "ada.npz")
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(values))
     return path

@@ -90,7 +90,8 @@ def _process_sink(args, source, proc):
     fingerprint = {"input": str(Path(args.input).resolve()), "bytes": stat.st_size,
                    "mtime_ns": stat.st_mtime_ns, "model_sha256": proc.spec.onnx_sha256,
                    "fail_closed": config.fail_closed, "max_faces": config.max_faces,
-                   "hr_overlay": config.hr_overlay}
+                   "hr_overlay": config.hr_overlay,
+                   "profile_sha256": proc.profile.sha256 if proc.profile is not None else None}
     sink = ResumableFileSink(args.output, *source.size, rate=source.rate, codec=args.codec,
                              audio_from=audio, fingerprint=fingerprint,
                              segment_frames=max(1, round(args.segment_seconds * source.fps)))

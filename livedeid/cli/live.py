@@ -6,7 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-from livedeid.cli.options import add_live_options, add_pipeline_options, pipeline_config, start_processor
+from livedeid.cli.options import (
+    add_live_options,
+    add_pipeline_options,
+    pipeline_config,
+    print_warnings,
+    start_processor,
+)
 from livedeid.cli.output import check_output_path, print_stats, run_with_progress, write_json
 
 
@@ -52,8 +58,7 @@ def cmd_demo(args) -> int:
     print(f"input HR:  {fmt(hrs['input'])}")
     print(f"output HR: {fmt(hrs['output'])}")
     print_stats(result)
-    if proc.warning:
-        print(f"WARNING: {proc.warning}")
+    print_warnings(proc, sys.stdout)
     print(f"wrote {args.out}")
     if args.report:
         write_json(args.report, {
@@ -190,6 +195,10 @@ def cmd_gui(args: argparse.Namespace) -> int:
     from livedeid.panel.workers import PanelSettings
 
     load_spec(config.manifest)  # a bad manifest is a one-line error here, not a banner later
+    if config.profile is not None:  # so is a bad profile
+        from livedeid.io.profile import resolve_profile
+
+        resolve_profile(config.profile)
     settings = PanelSettings(config=config, source=args.camera, width=args.width, height=args.height,
                              fps=args.fps, virtual_camera=not args.no_virtual_camera, vcam_backend=args.backend,
                              vcam_device=args.device)

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 # Command-line option (argparse dest) -> PipelineConfig field.
 CONFIG_OPTIONS = {"engine": "engine", "model": "manifest", "fail_closed": "fail_closed",
-                  "max_faces": "max_faces", "hr_method": "hr_method", "hr_overlay": "hr_overlay"}
+                  "max_faces": "max_faces", "hr_method": "hr_method", "hr_overlay": "hr_overlay",
+                  "profile": "profile"}
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="pipeline settings as JSON or TOML (keys as PipelineConfig: engine, model, fail_closed, "
                         "max_faces, min_confidence, hr_method, hr_window_s, hr_overlay, detect_long_side, "
-                        "safety_net, startup_guard); "
+                        "safety_net, startup_guard, profile); "
                         "options given here win")
     p.add_argument("--engine", choices=ENGINE_NAMES, default=None,
                    help="inference backend (default: auto = TensorRT > torch CUDA > ONNX Runtime)")
@@ -36,6 +37,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hr-method", choices=HR_METHODS, default=None,
                    help="rPPG method for the heart rate (default: pos)")
     p.add_argument("--hr-overlay", action="store_true", default=None, help="burn the live heart rate into the output")
+    p.add_argument("--profile", type=Path, default=None, metavar="NAME_OR_FILE",
+                   help="the enrolled person's cloak (`livedeid enrol`): a profile file, or a name in the profile "
+                        "folder; the largest face in the picture wears it, other faces get the model")
 
 
 def add_live_options(p: argparse.ArgumentParser, no_virtual_camera_help: str) -> None:
@@ -71,6 +75,18 @@ def start_processor(config: PipelineConfig) -> FrameProcessor:
     print(f"engine: {proc.engine.describe()} [{proc.engine_reason}]", file=sys.stderr)
     for why in proc.engine_skipped:
         print(f"  skipped {why}", file=sys.stderr)
-    if proc.warning:
-        print(f"WARNING: {proc.warning}", file=sys.stderr)
+    if proc.profile is not None:
+        print(f"profile: {proc.profile.name} (cloak {proc.profile.budget * 255:.0f}/255, created "
+              f"{proc.profile.created}) on the largest face", file=sys.stderr)
+    print_warnings(proc, sys.stderr)
     return proc
+
+
+def print_warnings(proc: FrameProcessor, stream) -> None:
+    """The processor's warnings, one line each; a cloak that is not verified to protect
+    comes first and in red where the stream is a terminal (it is the patient's protection)."""
+    if proc.cloak_warning:
+        line = f"WARNING: {proc.cloak_warning}"
+        print(f"\033[1;31m{line}\033[0m" if stream.isatty() else line, file=stream)
+    if proc.model_warning:
+        print(f"WARNING: {proc.model_warning}", file=stream)

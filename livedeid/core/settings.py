@@ -29,6 +29,7 @@ class PipelineConfig:
     detect_long_side: int = 640
     safety_net: bool = True       # a second (full-range) detector; faces no track holds are hidden
     startup_guard: bool = True    # hide the whole frame until the first face is found
+    profile: Path | None = None   # an enrolled person's cloak: a profile file or a name in the profile folder
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -45,6 +46,8 @@ class PipelineConfig:
             raise UserError("heart-rate window must be 4..60 s")
         if not 160 <= self.detect_long_side <= 1920:
             raise UserError("detection size (detect_long_side) must be 160..1920 px")
+        if self.profile is not None and not str(self.profile).strip():
+            raise UserError("profile name is empty")
 
 
 def load_pipeline_config(path: Path) -> PipelineConfig:
@@ -81,6 +84,11 @@ def load_pipeline_config(path: Path) -> PipelineConfig:
     if raw.get("manifest") is not None:
         manifest = Path(raw["manifest"]).expanduser()
         raw["manifest"] = manifest if manifest.is_absolute() else path.parent / manifest
+    if raw.get("profile") is not None:
+        # A file beside the settings file is meant relative to it; anything else stays as
+        # written (a profile name, or an absolute path) for the profile lookup to judge.
+        beside = path.parent / Path(raw["profile"]).expanduser()
+        raw["profile"] = beside if beside.is_file() else Path(raw["profile"]).expanduser()
     config = PipelineConfig(**raw)
     try:
         config.validate()

@@ -19,10 +19,18 @@ def build_processor(config: PipelineConfig, spec: ModelSpec | None = None, engin
     ``path``: ``host`` is :class:`FrameProcessor` (windows, engine input and composite in
     numpy); ``device`` is :class:`~livedeid.pipeline.device.TorchFrameProcessor` on the
     torch ``device``; ``auto`` takes the device path on CUDA when the engine may run there
-    (not ONNX Runtime) and a CUDA device exists, else the host path.
+    (not ONNX Runtime) and a CUDA device exists, else the host path. With a profile
+    (``config.profile``) the host path is used: the processor loads the profile and the
+    enrolled person's face wears its cloak.
     """
     if path not in FRAME_PATHS:
         raise ValueError(f"frame path must be one of {', '.join(FRAME_PATHS)}, not {path!r}")
+    if config.profile is not None:
+        # The cloak is applied by the host processor (a crop plus a fixed pattern, well
+        # under a millisecond); the device processor has no cloak stage.
+        if path == "device":
+            raise ValueError("a profile's cloak runs on the host frame path only")
+        path = "host"
     if path == "auto":
         on_device = engine is None or hasattr(engine, "run_tensor")
         path = "device" if on_device and config.engine != "onnxruntime" and cuda_available() else "host"

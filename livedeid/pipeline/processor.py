@@ -6,6 +6,13 @@ fail-closed hiding) -> rppg (heart rate on the output). :class:`FrameProcessor` 
 them on the CPU and is what tests drive directly; :mod:`livedeid.pipeline.device` runs the
 middle stages on a torch device and reuses everything else from here.
 
+Personal cloak: with a profile (``PipelineConfig.profile``, see :mod:`livedeid.io.profile`)
+the enrolled person's face gets their cloak (:func:`livedeid.protect.cloak.cloak_face`)
+instead of the engine; other trusted faces still get the engine. The enrolled person is
+taken to be the largest face in the picture (the webcam user sits nearest the camera);
+when that face is hidden or lost, nobody wears the cloak in that frame, so a smaller
+face behind the user never inherits it.
+
 Fail-closed policy (:mod:`livedeid.protect.fail_closed`): a face that is lost or whose
 landmarks are implausible is hidden (``blur``/``mask``) or the last fully protected frame
 is repeated (``hold``); if the engine fails it falls back to ONNX Runtime on the CPU, and
@@ -26,7 +33,9 @@ from livedeid.core.settings import PipelineConfig
 from livedeid.inference.engines import Engine
 from livedeid.inference.manifest import ModelSpec, load_spec, model_warning
 from livedeid.inference.registry import create_engine, fallback_engine
+from livedeid.io.profile import Profile, resolve_profile
 from livedeid.pipeline.stats import STAGES
+from livedeid.protect.cloak import cloak_face
 from livedeid.protect.composite import apply_protection, draw_hr_overlay
 from livedeid.protect.fail_closed import FailClosed, split_faces
 from livedeid.protect.windows import FaceWindows
@@ -66,7 +75,15 @@ class FrameProcessor:
         else:
             self.engine_reason, self.engine_skipped = "given", []
         self.engine = engine
-        self.warning = model_warning(self.spec)
+        self.profile: Profile | None = None
+        if self.config.profile is not None:
+            self.profile = resolve_profile(self.config.profile)
+            if self.profile.crop_size != self.spec.crop_size:
+                raise UserError(f"profile '{self.profile.name}' was made for {self.profile.crop_size} px crops, "
+                                f"the model uses {self.spec.crop_size} px; enrol again")
+        self.cloak_warning = self.profile.warning() if self.profile is not None else None
+        self.model_warning = model_warning(self.spec)
+        self.warning = " | ".join(w for w in (self.cloak_warning, self.model_warning) if w) or None
         self.tracker = FaceTracker(max_faces=self.config.max_faces, crop_size=self.spec.crop_size,
                                    detect_long_side=self.config.detect_long_side)
         self.safety_net = SafetyNet() if self.config.safety_net else None
@@ -131,11 +148,15 @@ class FrameProcessor:
         windows = [self.windows.push(frame.image, f) for f in trusted]
         t = _lap(frame, "window", t)
         if self.config.protect and trusted:
-            protected = self.run_engine(np.stack(windows))
+            wearer = self.cloak_wearer(frame, trusted)
+            if wearer is not None:
+                cloak_face(wearer, self.profile.pattern)
+            rest = [(f, w) for f, w in zip(trusted, windows) if f is not wearer]
+            protected = self.run_engine(np.stack([w for _, w in rest])) if rest else []
             if protected is None:  # every engine failed: fail closed on all faces
                 trusted, hidden = [], list(frame.faces)
             else:
-                for f, p in zip(trusted, protected):
+                for (f, _), p in zip(rest, protected):
                     f.protected = p
         t = _lap(frame, "engine", t)
         out = frame.image.copy()
@@ -144,6 +165,15 @@ class FrameProcessor:
                 apply_protection(out, f)
         _lap(frame, "composite", t)
         return out, trusted, hidden
+
+    def cloak_wearer(self, frame: Frame, trusted: list[FaceTrack]) -> FaceTrack | None:
+        """The face that wears the profile's cloak: the largest face of the frame (lost and
+        hidden ones included) when it is trusted; None without a profile or when that face
+        is hidden, so the cloak never moves to a smaller face behind the user."""
+        if self.profile is None or not frame.faces:
+            return None
+        largest = largest_face(frame.faces)
+        return largest if any(f is largest for f in trusted) else None
 
     def run_engine(self, windows: np.ndarray) -> np.ndarray | None:
         """The engine on ``windows``; after a failure ONNX Runtime on the CPU takes over for

@@ -3,6 +3,8 @@
 Lives here: the ``Recognizer`` interface, its registry and the "largest face" enrolment
 rule (``base``); dlib (``dlib``) and SFace with its YuNet detector (``sface``); ONNX
 loading, de-quantisation and the ONNX -> torch interpreter (``onnx_torch``); the
-calibration of livedeid crops onto recogniser chips (``chips``).
+calibration of livedeid crops onto recogniser chips (``chips``); the recognisers as frozen
+differentiable torch heads on livedeid crops (``heads``, torch; training and the cloak's
+optimisation only).
 May import: ``core``, ``tracking``; ``livedeid.nets`` for the dlib port (torch, lazily).
 """

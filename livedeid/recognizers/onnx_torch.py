@@ -189,7 +189,12 @@ def _run_node(op: str, args: list, a: dict):
     if op == "BatchNormalization":
         return F.batch_norm(args[0], args[3], args[4], args[1], args[2], False, 0.0, a.get("epsilon", 1e-5))
     if op == "PRelu":
-        return torch.where(args[0] >= 0, args[0], args[0] * args[1])
+        x, slope = args
+        # A per-channel slope is F.prelu's own case: one fused kernel, forward and backward
+        # (the where/mul form below was ~45 % of SFace's training step on the CPU).
+        if tuple(slope.shape) == (x.shape[1],) + (1,) * (x.dim() - 2):
+            return F.prelu(x, slope.reshape(-1))
+        return torch.where(x >= 0, x, x * slope)
     if op == "Relu":
         return F.relu(args[0])
     if op == "Gemm":

@@ -43,7 +43,7 @@ def build_data(cfg: dict):
 
 def build_heads(names, device):
     from livedeid.recognizers.base import get_recognizer
-    from livedeid.training.losses import RecognizerHead
+    from livedeid.recognizers.heads import RecognizerHead
 
     return [RecognizerHead.from_recognizer(get_recognizer(n)).to(device) for n in names]
 

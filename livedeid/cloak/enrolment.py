@@ -1,0 +1,232 @@
+"""Enrolment material: one person's faces from a folder of photos or a video file, chosen
+for variety and split into an optimisation set and a held-out verification set.
+
+Each item keeps the clean BGR image (verification runs the real recognisers on whole
+images), the face-mesh landmarks, the aligned crop exactly as the pipeline makes it
+(:func:`livedeid.protect.windows.extract_crop` with :func:`livedeid.tracking.mesh.alignment`),
+a head pose and the mouth opening.
+
+Pose from the five alignment points (:func:`pose_estimate`) is a weak-perspective
+approximation good enough to sort frames into bins, not a measurement: roll is the
+angle of the eye line; yaw and pitch come from how far the nose tip, which stands about
+:data:`NOSE_DEPTH` inter-ocular distances in front of the eyes, is displaced from where a
+frontal face has it (on the eyes' midline sideways; :data:`FRONTAL_NOSE_SHARE` of the way
+from the eye line to the mouth line vertically). Real faces differ in nose depth and
+length, so angles are good to maybe ±10°; beyond ~45° the five points are unreliable anyway.
+
+Selection: items are binned by yaw, pitch and mouth (open / closed); a video contributes
+up to :data:`MAX_VIDEO_ITEMS` frames shared round-robin over the bins it covers, spread
+in time inside each bin (neighbouring frames are near copies). Held out: in bin order
+(so that they span the poses), every :data:`HELD_OUT_EVERY`-th chosen frame of a video and
+every second photo, at least one either way. Frames held out of a video come
+from the same session as the optimisation frames, so they verify less than photos taken
+another day would.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from livedeid.core.errors import UserError
+from livedeid.core.geometry import five_points
+from livedeid.evaluation.photos import IMAGE_SUFFIXES, read_image
+from livedeid.protect.windows import extract_crop
+from livedeid.tracking.mesh import alignment
+
+CROP_SIZE = 128
+NOSE_DEPTH = 0.55           # nose tip in front of the eye line, in inter-ocular distances
+# Where MediaPipe's nose tip sits between the eye line and the mouth line on a frontal
+# face: the median over the 61 celebrity portraits in ../shared/data (10-90 %: 0.53-0.74).
+FRONTAL_NOSE_SHARE = 0.64
+YAW_EDGES = (-25.0, -10.0, 10.0, 25.0)   # degrees: far left, left, front, right, far right
+PITCH_EDGES = (-10.0, 10.0)              # degrees: down, level, up
+MOUTH_OPEN = 0.12           # inner-lip gap over inter-ocular distance: talking, not resting
+MAX_VIDEO_ITEMS = 24
+HELD_OUT_EVERY = 3
+MIN_CONFIDENCE = 0.5        # the pipeline's default trust level for a tracked face
+_UPPER_LIP, _LOWER_LIP = 13, 14          # MediaPipe inner-lip midpoints
+
+
+@dataclass(eq=False)
+class EnrolmentItem:
+    source: str                 # photo file name, or "frame N"
+    image: np.ndarray           # clean BGR uint8, the whole photo or frame
+    landmarks: np.ndarray       # (478, 2) face-mesh points in image pixels
+    crop: np.ndarray            # float32 (3, 128, 128) RGB in [0, 1], the pipeline's aligned crop
+    yaw: float                  # degrees, positive: nose towards image right
+    pitch: float                # degrees, positive: looking up
+    roll: float                 # degrees, positive: eye line turning clockwise in the image
+    mouth: float                # inner-lip gap / inter-ocular distance
+
+    @property
+    def bin(self) -> tuple[int, int, int]:
+        return pose_bin(self.yaw, self.pitch, self.mouth)
+
+
+@dataclass
+class Enrolment:
+    optimise: list[EnrolmentItem]
+    held_out: list[EnrolmentItem]
+    kind: str                   # "photos" or "video"
+    examined: int               # photos read, or video frames tracked
+    without_face: int           # of those, how many had no usable face
+
+    def crops(self, held_out: bool = False) -> np.ndarray:
+        items = self.held_out if held_out else self.optimise
+        return np.stack([i.crop for i in items]).astype(np.float32)
+
+    def coverage(self) -> str:
+        """A one-line summary of the pose and expression range (for the user)."""
+        items = self.optimise + self.held_out
+        yaws = [i.yaw for i in items]
+        pitches = [i.pitch for i in items]
+        talking = sum(i.mouth > MOUTH_OPEN for i in items)
+        return (f"{len(items)} faces from {self.examined} {self.kind} ({len({i.bin for i in items})} pose/expression "
+                f"bins; yaw {min(yaws):+.0f}..{max(yaws):+.0f} deg, pitch {min(pitches):+.0f}..{max(pitches):+.0f} "
+                f"deg, mouth open in {talking}): {len(self.optimise)} to optimise on, {len(self.held_out)} held out")
+
+
+def pose_estimate(landmarks: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees from the five alignment points; see the module
+    docstring for the approximation."""
+    le, re_, nose, ml, mr = five_points(landmarks)
+    eyes, mouth = (le + re_) / 2.0, (ml + mr) / 2.0
+    d = re_ - le
+    iod = float(np.hypot(*d)) + 1e-9
+    roll = math.atan2(d[1], d[0])
+    c, s = math.cos(-roll), math.sin(-roll)
+    upright = np.array([[c, -s], [s, c]])
+    nose_u, mouth_u = upright @ (nose - eyes), upright @ (mouth - eyes)
+    depth = NOSE_DEPTH * iod
+    yaw = math.degrees(math.atan2(nose_u[0], depth))
+    pitch = math.degrees(math.atan2((FRONTAL_NOSE_SHARE * mouth_u[1] - nose_u[1]), depth))
+    return yaw, pitch, math.degrees(roll)
+
+
+def face_measures(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    """(yaw, pitch, roll, mouth opening) of one face's landmarks."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    yaw, pitch, roll = pose_estimate(lm)
+    pts = five_points(lm)
+    mouth = float(np.linalg.norm(lm[_UPPER_LIP] - lm[_LOWER_LIP]) / (np.linalg.norm(pts[1] - pts[0]) + 1e-9))
+    return yaw, pitch, roll, mouth
+
+
+def pose_bin(yaw: float, pitch: float, mouth: float) -> tuple[int, int, int]:
+    return int(np.searchsorted(YAW_EDGES, yaw)), int(np.searchsorted(PITCH_EDGES, pitch)), int(mouth > MOUTH_OPEN)
+
+
+def make_item(source: str, image: np.ndarray, landmarks: np.ndarray) -> EnrolmentItem:
+    """An item from a clean image and its face's landmarks: the crop the pipeline would make."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    to_crop, _, _ = alignment(lm, CROP_SIZE)
+    yaw, pitch, roll, mouth = face_measures(lm)
+    return EnrolmentItem(source=source, image=image, landmarks=lm.astype(np.float32),
+                         crop=extract_crop(image, to_crop, CROP_SIZE), yaw=yaw, pitch=pitch, roll=roll, mouth=mouth)
+
+
+def gather(source: str | Path, *, max_seconds: float = 60.0) -> Enrolment:
+    """Enrolment material from ``source``: a folder of photos or a video file."""
+    text = str(source)
+    if text.isdigit() or "://" in text:
+        raise UserError("enrolling from a camera is not supported yet: record a 20-30 s clip (look straight, "
+                        "turn left/right, up/down, speak) and pass the video file, or a folder of photos")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(f"enrolment source not found: {path}")
+    enrolment = from_photos(path) if path.is_dir() else from_video(path, max_seconds=max_seconds)
+    if not enrolment.optimise or not enrolment.held_out:
+        raise UserError(f"enrolment needs at least 2 usable faces in {path} (one to optimise on, one held out to "
+                        f"verify); found {len(enrolment.optimise) + len(enrolment.held_out)}")
+    return enrolment
+
+
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def from_photos(folder: Path) -> Enrolment:
+    """Every photo in ``folder`` with a face (the largest one), half held out."""
+    from livedeid.tracking.still import still_landmarks
+
+    files = sorted((f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda f: _natural(f.name))
+    if not files:
+        raise UserError(f"no photos in {folder} ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    items = []
+    for f in files:
+        image = read_image(f)
+        landmarks = still_landmarks(image)
+        if landmarks is not None:
+            items.append(make_item(f.name, image, landmarks))
+    # In bin order, so both halves span the poses; every second photo is held out.
+    items.sort(key=lambda i: (i.bin, _natural(i.source)))
+    return Enrolment(optimise=items[0::2], held_out=items[1::2], kind="photos", examined=len(files),
+                     without_face=len(files) - len(items))
+
+
+def _track_video(path: Path, max_seconds: float) -> tuple[list[tuple[int, np.ndarray]], int]:
+    """(frame index, landmarks) of the largest trusted face of each frame, and the number
+    of frames looked at, over at most ``max_seconds`` of ``path``."""
+    from livedeid.io.sources import FileSource
+    from livedeid.tracking.mesh import FaceTracker, largest_face
+
+    seen, examined = [], 0
+    with FileSource(path) as src, FaceTracker(max_faces=4, crop_size=CROP_SIZE) as tracker:
+        limit = max(1, round(max_seconds * src.fps))
+        for frame in src:
+            faces = [f for f in tracker.update(frame.image, frame.timestamp)
+                     if not f.is_lost and f.confidence >= MIN_CONFIDENCE]
+            examined += 1
+            if faces:
+                seen.append((frame.index, largest_face(faces).landmarks.copy()))
+            if examined >= limit:
+                break
+    return seen, examined
+
+
+def _choose(bins: dict[tuple, list[int]], total: int) -> dict[tuple, list[int]]:
+    """Per bin, positions (into its time-ordered list) of the items to keep: ``total``
+    shared round-robin over the bins, spread evenly in time inside each."""
+    quota = dict.fromkeys(bins, 0)
+    while sum(quota.values()) < total and any(quota[b] < len(bins[b]) for b in bins):
+        for b in sorted(bins):
+            if quota[b] < len(bins[b]) and sum(quota.values()) < total:
+                quota[b] += 1
+    return {b: sorted({round(x) for x in np.linspace(0, len(bins[b]) - 1, q)}) for b, q in quota.items() if q}
+
+
+def from_video(path: Path, *, max_seconds: float = 60.0, max_items: int = MAX_VIDEO_ITEMS) -> Enrolment:
+    """Up to ``max_items`` frames of ``path`` chosen for pose/expression variety; in bin
+    order, every :data:`HELD_OUT_EVERY`-th held out (at least one)."""
+    from livedeid.io.sources import FileSource
+
+    seen, examined = _track_video(path, max_seconds)
+    poses = {}
+    bins: dict[tuple, list[int]] = defaultdict(list)
+    for index, lm in seen:
+        yaw, pitch, _, mouth = face_measures(lm)
+        bins[pose_bin(yaw, pitch, mouth)].append(index)
+        poses[index] = lm
+    chosen = _choose(bins, max_items)
+    in_bin_order = [bins[b][p] for b in sorted(chosen) for p in chosen[b]]
+    held = set(in_bin_order[HELD_OUT_EVERY - 1::HELD_OUT_EVERY])
+    wanted = set(in_bin_order)
+    if len(wanted) >= 2 and not held:  # too few frames for every third: hold out the latest one
+        held = {max(wanted)}
+    items: dict[int, EnrolmentItem] = {}
+    last = max(wanted, default=-1)
+    with FileSource(path) as src:  # second pass: keep only the chosen frames' images
+        for frame in src:
+            if frame.index > last:
+                break
+            if frame.index in wanted:
+                items[frame.index] = make_item(f"frame {frame.index}", frame.image, poses[frame.index])
+    order = sorted(items)
+    return Enrolment(optimise=[items[i] for i in order if i not in held], held_out=[items[i] for i in order if i in held],
+                     kind="video frames", examined=examined, without_face=examined - len(seen))

@@ -1,0 +1,139 @@
+"""The personal cloak's optimisation and verification (livedeid.cloak.optimise / eot /
+verify): real MediaPipe, the real differentiable recogniser ports and the real dlib and
+SFace evaluators, on the astronaut photo that ships with scikit-image."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from livedeid.cloak.eot import EotSettings, cloaked_view  # noqa: E402
+from livedeid.cloak.optimise import CloakSettings, Pattern, optimise_cloak, weight_map  # noqa: E402
+from livedeid.cloak.verify import cloak_image, verify_cloak  # noqa: E402
+from livedeid.core.errors import UserError  # noqa: E402
+from livedeid.core.face_regions import FOREHEAD, LEFT_EYE, RIGHT_EYE, fill_polygons, polygon_points  # noqa: E402
+from livedeid.core.geometry import apply_affine  # noqa: E402
+from livedeid.protect.composite import oval_mask  # noqa: E402
+from livedeid.protect.windows import extract_crop  # noqa: E402
+from livedeid.tracking.mesh import alignment  # noqa: E402
+from livedeid.tracking.still import still_landmarks  # noqa: E402
+
+BUDGET = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def astronaut_crop(astronaut_bgr):
+    """(crop (3, 128, 128), landmarks in crop pixels) of the astronaut's face."""
+    lm = still_landmarks(astronaut_bgr)
+    assert lm is not None
+    to_crop, _, _ = alignment(lm, 128)
+    return extract_crop(astronaut_bgr, to_crop, 128), apply_affine(to_crop, lm)
+
+
+def _region(lm, poly) -> np.ndarray:
+    return fill_polygons(np.zeros((128, 128), np.uint8), [polygon_points(lm, poly)]) > 0
+
+
+def test_weight_map_follows_the_oval_and_spares_the_pulse_regions(astronaut_crop):
+    _, lm = astronaut_crop
+    w = weight_map([lm], 128, CloakSettings())
+    box, feather = oval_mask(lm, (128, 128))
+    inside = np.zeros((128, 128), bool)
+    inside[box[1]:box[3], box[0]:box[2]] = feather > 0
+    assert w.dtype == np.float32 and w.shape == (128, 128)
+    assert float(w[~inside].max()) == 0.0          # nothing where the composite adds nothing
+    eyes = w[_region(lm, RIGHT_EYE) | _region(lm, LEFT_EYE)].mean()
+    forehead = w[_region(lm, FOREHEAD)].mean()
+    assert eyes > 2 * forehead > 0
+
+
+def test_pattern_stays_within_budget_and_on_the_face(astronaut_crop):
+    _, lm = astronaut_crop
+    w = weight_map([lm], 128, CloakSettings())
+    pattern = Pattern(w, CloakSettings(budget=BUDGET))
+    with torch.no_grad():
+        pattern.coarse.normal_(0, 50)   # far past tanh's knee
+        pattern.fine.normal_(0, 50)
+        p = pattern().numpy()
+    assert np.abs(p).max() <= BUDGET + 1e-7
+    assert np.abs(p).max() > 0.9 * BUDGET * w.max()
+    assert float(np.abs(p)[:, w == 0].max()) == 0.0
+
+
+def test_eot_views_are_seeded_and_carry_gradients(astronaut_crop):
+    crop, _ = astronaut_crop
+    x = torch.from_numpy(np.stack([crop, crop]))
+    p = torch.full((3, 128, 128), 2 / 255, requires_grad=True)
+    s = EotSettings(jpeg_share=1.0)
+    a = cloaked_view(x, p, torch.Generator().manual_seed(3), s)
+    b = cloaked_view(x, p, torch.Generator().manual_seed(3), s)
+    c = cloaked_view(x, p, torch.Generator().manual_seed(4), s)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and float(a.detach().min()) >= 0.0 and float(a.detach().max()) <= 1.0
+    a.mean().backward()
+    assert p.grad is not None and float(p.grad.abs().sum()) > 0
+
+
+def test_optimise_cloak_refuses_bad_crops():
+    with pytest.raises(UserError, match="non-empty"):
+        optimise_cloak(np.zeros((3, 128, 128), np.float32), CloakSettings())
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        optimise_cloak(np.full((1, 3, 128, 128), 2.0, np.float32), CloakSettings())
+
+
+def test_cloak_reaches_pixels_only_inside_the_face_oval(astronaut_bgr):
+    pattern = np.full((3, 128, 128), BUDGET, np.float32)
+    out, region = cloak_image(astronaut_bgr, pattern)
+    lm = still_landmarks(astronaut_bgr)
+    box, mask = oval_mask(lm, astronaut_bgr.shape[:2])
+    outside = np.ones(astronaut_bgr.shape[:2], bool)
+    outside[box[1]:box[3], box[0]:box[2]] = mask <= 0
+    assert np.array_equal(out[outside], astronaut_bgr[outside])
+    assert np.abs(out.astype(int) - astronaut_bgr).max() > 0
+
+
+@pytest.mark.slow
+def test_optimise_cloak_is_seeded_bounded_and_lowers_the_match(astronaut_crop):
+    crop, lm = astronaut_crop
+    crops = np.stack([crop, np.clip(crop * 0.9 + 0.05, 0, 1).astype(np.float32)])
+    s = CloakSettings(steps=6, batch=2, check_every=3, lr=0.3, seed=1, threads=2)
+    seen = []
+    first = optimise_cloak(crops, s, landmarks=[lm, lm], progress=seen.append)
+    second = optimise_cloak(crops, s, landmarks=[lm, lm])
+    assert np.array_equal(first.pattern, second.pattern)
+    assert first.pattern.dtype == np.float32 and first.pattern.shape == (3, 128, 128)
+    assert 0 < np.abs(first.pattern).max() <= BUDGET + 1e-7
+    assert [e["step"] for e in first.history] == [3, 6] and seen == first.history
+    assert set(first.history[-1]["held_out_match"]) == {"dlib", "sface"}
+
+    from livedeid.recognizers.base import get_recognizer
+    from livedeid.recognizers.heads import RecognizerHead
+
+    x = torch.from_numpy(crops)
+    with torch.no_grad():
+        for name in ("dlib", "sface"):
+            head = RecognizerHead.from_recognizer(get_recognizer(name))
+            clean = head(x)
+            zero = head.score(head(x), clean).mean()   # the zero pattern: the clean crop itself
+            cloaked = head.score(head((x + torch.from_numpy(first.pattern)).clamp(0, 1)), clean).mean()
+            assert float(cloaked) < float(zero) - 0.02, name
+
+
+@pytest.mark.slow
+def test_verify_zero_pattern_reports_the_clean_match(astronaut_bgr):
+    h, w = astronaut_bgr.shape[:2]
+    gallery = [cv2.resize(astronaut_bgr, (w * 3 // 4, h * 3 // 4), interpolation=cv2.INTER_AREA),
+               np.ascontiguousarray(astronaut_bgr[:, ::-1])]
+    report = verify_cloak(np.zeros((3, 128, 128), np.float32), [astronaut_bgr], gallery)
+    assert report["psnr_db"] == float("inf") and report["ssim"] == 1.0
+    assert report["cloaked"] == report["probes"] == 1
+    assert set(report["recognizers"]) == {"dlib", "sface"}
+    for name, r in report["recognizers"].items():
+        assert r["probes"] == 1 and r["detection"] == 1.0, name
+        assert r["gallery_match"] == r["clean_gallery_match"] == 1.0, name
+        assert r["same_photo_match"] == 1.0, name
+    assert report["protects"] is False and report["target"] == 0.05
+    with pytest.raises(UserError):
+        verify_cloak(np.zeros((3, 128, 128), np.float32), [], gallery)

@@ -1,0 +1,105 @@
+"""`livedeid enrol` and its enrolment material: faces gathered from photos or a video with
+a pose estimate, split into optimisation and held-out sets; bad input is one line; on real
+celebrity photos the command writes a profile that loads, with its verification figures."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, data_path, run_cli
+
+from livedeid.cloak.enrolment import from_video, gather, pose_estimate
+from livedeid.core.errors import UserError
+from livedeid.io.profile import load_profile, resolve_profile
+from livedeid.protect.windows import extract_crop
+from livedeid.tracking.mesh import alignment
+from livedeid.tracking.still import still_landmarks
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bob", "--from", "0"], "camera is not supported yet"),
+    (["bob", "--from", "nowhere/at/all"], "enrolment source not found"),
+    (["../bob", "--from", "."], "profile name"),
+    (["bob", "--from", ".", "--budget", "40"], "--budget"),
+    (["bob", "--from", ".", "--steps", "0"], "--steps"),
+    (["bob", "--from", ".", "--recognizers", "eigenfaces"], "unknown recogniser"),
+])
+def test_bad_enrol_input_is_one_line(args, message):
+    rc, _, err = run_cli("enrol", *args)
+    assert_one_line_error(rc, err, message)
+
+
+def test_one_photo_is_not_enough_to_enrol_and_verify(tmp_path, astronaut_bgr):
+    cv2.imwrite(str(tmp_path / "me.jpg"), astronaut_bgr)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with pytest.raises(UserError, match="at least 2 usable faces"):
+        gather(tmp_path)
+
+
+def test_pose_estimate_follows_mirroring_and_rotation(astronaut_bgr):
+    lm = still_landmarks(astronaut_bgr)
+    yaw, pitch, roll = pose_estimate(lm)
+    m_yaw, m_pitch, m_roll = pose_estimate(still_landmarks(np.ascontiguousarray(astronaut_bgr[:, ::-1])))
+    assert m_yaw == pytest.approx(-yaw, abs=3) and m_roll == pytest.approx(-roll, abs=2)
+    assert m_pitch == pytest.approx(pitch, abs=3)
+    h, w = astronaut_bgr.shape[:2]
+    turned = cv2.warpAffine(astronaut_bgr, cv2.getRotationMatrix2D((w / 2, h / 2), -15, 1.0), (w, h))
+    assert pose_estimate(still_landmarks(turned))[2] == pytest.approx(roll + 15, abs=2)
+    assert abs(yaw) < 30 and abs(pitch) < 30, "the astronaut looks roughly at the camera"
+
+
+@pytest.mark.slow
+def test_a_video_gives_varied_frames_with_the_pipelines_crops(tmp_path):
+    import av
+
+    from livedeid.io.synthetic import SyntheticPulseSource
+
+    clip = tmp_path / "me.mp4"
+    src = SyntheticPulseSource(duration_s=3.0, fps=15.0, size=(640, 360), seed=1)
+    with av.open(str(clip), "w") as c:
+        s = c.add_stream("libx264rgb", rate=15, options={"qp": "0"})
+        s.width, s.height, s.pix_fmt = 640, 360, "bgr24"
+        for frame in src:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(frame.image, format="bgr24")))
+        c.mux(s.encode(None))
+    enrolment = from_video(clip, max_items=9)
+    items = enrolment.optimise + enrolment.held_out
+    assert enrolment.examined == 45 and 2 <= len(items) <= 9
+    assert len(enrolment.held_out) == max(1, len(items) // 3)
+    assert len({i.source for i in items}) == len(items), "no frame twice"
+    for item in items:
+        assert item.image.shape == (360, 640, 3) and item.crop.shape == (3, 128, 128)
+        same = extract_crop(item.image, alignment(item.landmarks, 128)[0], 128)
+        assert np.array_equal(item.crop, same), "the crop is the one the pipeline makes"
+    assert enrolment.crops().dtype == np.float32 and enrolment.crops(held_out=True).shape[0] == len(enrolment.held_out)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_enrol_on_photos_writes_a_verified_profile_that_loads(tmp_path, monkeypatch):
+    photos = sorted(data_path("faces", "celebrities", "id01").glob("*.jpg"))[:6]
+    folder = tmp_path / "ada_photos"
+    folder.mkdir()
+    for p in photos:  # links, not copies: the data stays where it is
+        (folder / p.name).symlink_to(p)
+    monkeypatch.setenv("LIVEDEID_PROFILE_DIR", str(tmp_path / "profiles"))
+    rc, out, err = run_cli("enrol", "ada", "--from", folder, "--steps", "5", "--seed", "1", timeout=900)
+    assert rc == 0, err
+    assert "3 to optimise on, 3 held out" in err
+    assert "held-out check: 3 ada images" in out
+    assert ("PROTECTS" in out) != ("NOT PROTECTING" in out), out
+    profile = resolve_profile("ada")
+    assert profile.name == "ada" and profile.budget == pytest.approx(8 / 255)
+    assert np.abs(profile.pattern).max() <= 8 / 255 + 1e-6 and np.abs(profile.pattern).max() > 0
+    v = profile.verification
+    assert set(v["recognizers"]) == {"dlib", "sface"}
+    for name, fig in v["recognizers"].items():
+        assert fig["clean_gallery_match"] > 0.5, "a clean held-out photo of id01 matches the gallery"
+        assert 0 <= fig["gallery_match"] <= 1 and 0 <= fig["same_photo_match"] <= 1 and 0 <= fig["detection"] <= 1
+        assert f"{name:<11}" in out
+    assert v["held_out_images"] == 3 and v["gallery_images"] == 3 and v["psnr_db"] > 25
+    assert profile.protects == bool(v["protects"]) and (profile.warning() is None) == profile.protects
+    assert profile.settings["steps"] == 5 and profile.settings["seed"] == 1
+    assert all(len(h) == 64 for rec in profile.recognizers.values() for h in rec["files"].values())
+    assert profile.enrolment == {}, "no face image without --keep-enrolment"
+    assert load_profile(tmp_path / "profiles" / "ada.npz").sha256 == profile.sha256
