@@ -4,6 +4,5 @@ Lives here: sources (video files, cameras, the synthetic pulse clip, live simula
 sinks (virtual camera, files, null), camera probing and atomic file writes, and the
 personal cloak's profile files (``profile``: numpy only, loaded by the patient's pipeline).
 May import: ``livedeid.core``; ``synthetic`` also ``livedeid.tracking`` (it landmarks its
-still photo) and ``livedeid.rppg`` region constants; ``profile`` also ``livedeid.protect``
-(the cloak pattern's check). Never the pipeline, Qt or torch.
+still photo) and ``livedeid.rppg`` region constants. Never the pipeline, Qt or torch.
 """
