@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from livedeid.core.settings import PipelineConfig
 from livedeid.evaluation.leaks import OutputFrame, protection_summary, recognizer_leaks, reference_embeddings  # noqa: E402
+from livedeid.evaluation.report import shown_path
 from livedeid.evaluation.torture import SCENARIOS_BY_NAME, Clip, make_torture_set  # noqa: E402
 from livedeid.io.sinks import NullSink  # noqa: E402
 from livedeid.io.sources import FileSource, LiveSimulation, Source  # noqa: E402
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     print(f"\n{wall:.0f} s in all")
     warning = next((r.get("model_warning") for s in runs.values() for r in s.values() if r.get("model_warning")), None)
     engine = next((r["engine"] for s in runs.values() for m, r in s.items() if m != "input"), "none")
-    settings = {"faces": str(args.faces), "recognizers": [r.name for r in recognizers], "modes": modes,
+    settings = {"faces": shown_path(args.faces), "recognizers": [r.name for r in recognizers], "modes": modes,
                 "scenarios": [c.scenario.name for c in clips], "seed": args.seed, "seconds": args.seconds,
                 "engine": engine, "model_warning": warning, "platform": platform.platform(),
                 "python": platform.python_version(), "cpus": os.cpu_count(), "wall_s": round(wall, 1)}
