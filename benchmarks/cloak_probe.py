@@ -166,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         row = {"person": person, "enrol": k, "probes": len(probes), "seconds": time.perf_counter() - t0,
                "stopped_early": res.stopped_early, "history": res.history,
                "pattern_max": float(np.abs(res.pattern).max() * 255),
-               "cloak": verify_cloak(res.pattern, probes, enrol),
-               "clean": verify_cloak(np.zeros_like(res.pattern), probes, enrol)}
+               "cloak": verify_cloak(res.pattern, probes, enrol, grow=s.grow),
+               "clean": verify_cloak(np.zeros_like(res.pattern), probes, enrol, grow=s.grow)}
         if args.loo:
             for only in ("dlib", "sface"):
                 t1 = time.perf_counter()
                 r1 = optimise_cloak(crops, dataclasses.replace(s, recognizers=(only,)), landmarks=lms)
                 row[f"loo_{only}_seconds"] = time.perf_counter() - t1
-                row[f"loo_{only}"] = verify_cloak(r1.pattern, probes, enrol)
+                row[f"loo_{only}"] = verify_cloak(r1.pattern, probes, enrol, grow=s.grow)
         rows.append(row)
         g = {n: round(v["gallery_match"], 2) for n, v in row["cloak"]["recognizers"].items()}
         print(f"{person}: {row['seconds']:.0f} s, gallery {g}, PSNR {row['cloak']['psnr_db']:.1f}", flush=True)

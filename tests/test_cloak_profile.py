@@ -162,6 +162,42 @@ def test_the_largest_face_wears_the_cloak_and_nothing_outside_its_oval_changes(t
     assert diff[inside].mean() > 0.5 and diff.max() <= 9, "the cloak is there, within its 8/255 budget"
 
 
+def test_a_grown_cloak_region_reaches_past_the_oval_and_no_further(tmp_path, astronaut_bgr):
+    profile = _profile(pattern=_pattern(seed=7))
+    profile.region_grow = 0.15
+    path = save_profile(profile, tmp_path / "ada.npz")
+    assert load_profile(path).region_grow == pytest.approx(0.15)
+    proc = build_processor(PipelineConfig(engine="onnxruntime", profile=path))
+    for i in range(3):
+        frame = proc.process(Frame(_scene(astronaut_bgr, i), i, i / 30))
+    proc.close()
+    (face,) = frame.faces
+    diff = np.abs(frame.output.astype(int) - frame.image.astype(int)).max(axis=2)
+
+    def inside(grow):
+        box, mask = oval_mask(face.landmarks, frame.image.shape[:2], grow=grow)
+        out = np.zeros(frame.image.shape[:2], bool)
+        out[box[1]:box[3], box[0]:box[2]] = mask > 0
+        return out
+
+    assert diff[~inside(0.15)].max() == 0, "nothing changes outside the cloak's region"
+    assert (diff[inside(0.15) & ~inside(0.0)] > 0).mean() > 0.3, "the cloak reaches past the bare oval"
+
+
+def test_a_profile_whose_region_reaches_too_far_is_refused(tmp_path):
+    path = save_profile(_profile(), tmp_path / "ada.npz")
+
+    def grow_far(arrays):
+        import json
+        meta = json.loads(str(arrays["meta"][0]))
+        meta["region_grow"] = 2.0
+        arrays["meta"] = np.array([json.dumps(meta)])
+
+    _rewrite(path, grow_far)
+    with pytest.raises(UserError, match="grows the face oval"):
+        load_profile(path)
+
+
 def test_a_second_smaller_face_gets_the_model_not_the_cloak(tmp_path, astronaut_bgr):
     path = save_profile(_profile(pattern=_pattern(seed=4)), tmp_path / "ada.npz")
     head = astronaut_bgr[0:400, 60:420]
@@ -177,6 +213,44 @@ def test_a_second_smaller_face_gets_the_model_not_the_cloak(tmp_path, astronaut_
     near, far = faces
     assert np.array_equal(near.protected, np.clip(near.crop + proc.profile.pattern, 0, 1))
     assert not np.allclose(far.protected - far.crop, proc.profile.pattern, atol=1e-3), "the model, not the cloak"
+
+
+@pytest.mark.parametrize("protects", [True, False])
+def test_hide_unverified_hides_the_wearer_until_the_profile_verifies(tmp_path, astronaut_bgr, protects):
+    path = save_profile(_profile(protects=protects, pattern=_pattern(seed=5)), tmp_path / "ada.npz")
+    proc = build_processor(PipelineConfig(engine="onnxruntime", profile=path, hide_unverified=True))
+    for i in range(4):
+        frame = proc.process(Frame(_scene(astronaut_bgr, i), i, i / 30))
+    proc.close()
+    (face,) = frame.faces
+    if protects:
+        assert frame.fail_closed_regions == 0
+        assert np.array_equal(face.protected, np.clip(face.crop + proc.profile.pattern, 0, 1))
+    else:
+        assert frame.fail_closed_regions == 1, "a cloak that missed its target must not be trusted"
+        x0, y0, x1, y1 = np.maximum(face.bbox(), 0)
+        change = np.abs(frame.output[y0:y1, x0:x1].astype(int) - frame.image[y0:y1, x0:x1].astype(int))
+        assert change.mean() > 10, "the face is hidden by the fail-closed policy, not cloaked"
+
+
+def test_hide_unverified_hides_faces_the_model_cannot_vouch_for(tmp_path, astronaut_bgr):
+    """The shipped model's own held-out measurement says it does not protect, so with the
+    option a face that is not the cloak's wearer is hidden; without it, shown protected."""
+    path = save_profile(_profile(pattern=_pattern(seed=6)), tmp_path / "ada.npz")
+    head = astronaut_bgr[0:400, 60:420]
+    canvas = np.full((420, 800, 3), 60, np.uint8)
+    canvas[10:410, 20:380] = head
+    canvas[10:370, 420:744] = cv2.resize(head[:, ::-1], (324, 360))
+    regions = {}
+    for hide in (False, True):
+        proc = build_processor(PipelineConfig(engine="onnxruntime", profile=path, hide_unverified=hide))
+        assert proc.model_warning is not None
+        for i in range(3):
+            frame = proc.process(Frame(canvas.copy(), i, i / 30))
+        proc.close()
+        assert len(frame.faces) == 2
+        regions[hide] = frame.fail_closed_regions
+    assert regions == {False: 0, True: 1}
 
 
 def test_the_patients_path_with_a_profile_imports_no_torch(tmp_path):

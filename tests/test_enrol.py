@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, data_path, run_cli
 
-from livedeid.cloak.enrolment import from_video, gather, pose_estimate
+from livedeid.cloak.enrolment import GUIDE, _BinReservoir, from_stream, from_video, gather, guide_at, pose_estimate
 from livedeid.core.errors import UserError
 from livedeid.io.profile import load_profile, resolve_profile
 from livedeid.protect.windows import extract_crop
@@ -17,7 +17,8 @@ from livedeid.tracking.still import still_landmarks
 
 
 @pytest.mark.parametrize("args, message", [
-    (["bob", "--from", "0"], "camera is not supported yet"),
+    (["bob", "--from", "7"], "camera 7 is not available"),
+    (["bob", "--from", "synthetic", "--seconds", "0"], "--seconds"),
     (["bob", "--from", "nowhere/at/all"], "enrolment source not found"),
     (["../bob", "--from", "."], "profile name"),
     (["bob", "--from", ".", "--budget", "40"], "--budget"),
@@ -103,3 +104,34 @@ def test_enrol_on_photos_writes_a_verified_profile_that_loads(tmp_path, monkeypa
     assert all(len(h) == 64 for rec in profile.recognizers.values() for h in rec["files"].values())
     assert profile.enrolment == {}, "no face image without --keep-enrolment"
     assert load_profile(tmp_path / "profiles" / "ada.npz").sha256 == profile.sha256
+
+
+def test_the_guide_walks_through_every_instruction_in_order():
+    said = [guide_at(t, seconds=12.0) for t in np.arange(0.0, 12.0, 0.25)]
+    order = [text for i, text in enumerate(said) if i == 0 or text != said[i - 1]]
+    assert order == [text for _, text in GUIDE]
+
+
+def test_a_bin_keeps_frames_spread_over_time_in_bounded_memory():
+    bin_ = _BinReservoir(cap=8)
+    for i in range(1000):
+        bin_.offer(i, None, None)
+    kept = [i for i, _, _ in bin_.items]
+    assert len(kept) <= 8 and kept[0] == 0
+    gaps = np.diff(kept)
+    assert kept[-1] > 500 and gaps.min() == gaps.max(), "evenly spread over the whole recording"
+
+
+@pytest.mark.slow
+def test_a_live_source_is_guided_and_gives_a_held_out_split():
+    from livedeid.io.sources import LiveSimulation, SyntheticSource
+
+    updates = []
+    src = LiveSimulation(lambda: SyntheticSource(duration_s=10.0, fps=15.0, size=(640, 360), seed=2))
+    with src:
+        enrolment = from_stream(src, seconds=3.0, max_items=6, progress=updates.append)
+    assert enrolment.kind == "camera frames" and enrolment.examined >= 10
+    assert updates and all(u.instruction for u in updates) and updates[-1].elapsed_s < 3.0
+    assert updates[-1].faces > 0 and updates[-1].bins >= 1
+    items = enrolment.optimise + enrolment.held_out
+    assert 2 <= len(items) <= 6 and enrolment.held_out

@@ -41,7 +41,7 @@ ALLOWED = {
                  "pipeline", "nets", "evaluation"},
     "cloak": {"core", "tracking", "protect", "recognizers", "io", "evaluation"},
     "panel": {"core", "assets", "io", "tracking", "protect", "inference", "rppg", "recognizers",
-              "pipeline"},
+              "pipeline", "cloak"},
     "cli": {"core", "assets", "io", "tracking", "protect", "inference", "rppg", "recognizers",
             "pipeline", "nets", "training", "evaluation", "panel", "cloak"},
 }

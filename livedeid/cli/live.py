@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from livedeid.cli.enrol import add_demo_enrol_options, demo_enrol, judge_demo
 from livedeid.cli.options import (
     add_live_options,
     add_pipeline_options,
@@ -14,6 +15,7 @@ from livedeid.cli.options import (
     start_processor,
 )
 from livedeid.cli.output import check_output_path, print_stats, run_with_progress, write_json
+from livedeid.core.errors import UserError
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -31,6 +33,7 @@ def add_demo_parser(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_pipeline_options(d)
+    add_demo_enrol_options(d)
     d.set_defaults(func=cmd_demo)
 
 
@@ -43,8 +46,17 @@ def cmd_demo(args) -> int:
     check_output_path(args.out)
     if args.report:
         check_output_path(args.report)
-    source = SyntheticSource(hr_bpm=args.hr, duration_s=args.seconds, fps=30.0, size=(args.width, args.height),
-                             seed=args.seed)
+    def make_source():
+        return SyntheticSource(hr_bpm=args.hr, duration_s=args.seconds, fps=30.0, size=(args.width, args.height),
+                               seed=args.seed)
+
+    source = make_source()
+    enrolment = None
+    if args.enrol:
+        if config.profile is not None:
+            raise UserError("--enrol makes the demo's own profile; leave out --profile")
+        config.profile = args.out.with_name(args.out.stem + "_profile.npz")
+        enrolment = demo_enrol(args, make_source, config.profile)
     print(f"demo: built-in clip (scikit-image astronaut photo animated with head motion, light flicker, "
           f"sensor noise and a {args.hr:.0f} bpm pulse), {args.seconds:.0f} s at {args.width}x{args.height}",
           file=sys.stderr)
@@ -60,8 +72,9 @@ def cmd_demo(args) -> int:
     print_stats(result)
     print_warnings(proc, sys.stdout)
     print(f"wrote {args.out}")
+    judged = judge_demo(args, make_source, enrolment) if enrolment is not None else None
     if args.report:
-        write_json(args.report, {
+        write_json(args.report, {"cloak": judged,
             "output": str(args.out), "true_hr_bpm": args.hr, "input_hr": hrs["input"], "output_hr": hrs["output"],
             "engine": result.engine, "model_trained": proc.spec.trained, "stats": result.stats,
         })
@@ -80,6 +93,9 @@ def add_run_parser(sub) -> None:
     r.add_argument("--preview", action="store_true", help="show the protected output in a window")
     r.add_argument("--record", type=Path, default=None, help="also record the protected output to a file")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    r.add_argument("--no-refine", action="store_true",
+                   help="with --profile: do not keep refining the cloak on recent frames in the background "
+                        "(a low-priority process, at most half a core; needs the enrol extra)")
     add_pipeline_options(r)
     r.set_defaults(func=cmd_run)
 
@@ -103,6 +119,9 @@ def cmd_run(args) -> int:
         raise
     pipeline = Pipeline(source, proc, sinks, [_preview_listener()] if args.preview else [])
     pipeline.listeners.append(_status_line(pipeline))
+    refiner = _refiner(proc) if not args.no_refine else None
+    if refiner is not None:
+        pipeline.listeners.append(refiner)
     if args.duration:
         import threading
 
@@ -116,9 +135,29 @@ def cmd_run(args) -> int:
         result = pipeline.run()
     finally:
         signal.signal(signal.SIGINT, previous)
+        if refiner is not None:
+            refiner.close()
     print(file=sys.stderr)
     print_stats(result)
+    if refiner is not None and refiner.status is not None:
+        st = refiner.status
+        print(f"cloak refinement: {st['rounds']} rounds, {st['swaps']} swapped in, on {st['crops']} recent frames")
     return 0
+
+
+def _refiner(proc):
+    """The background refiner of the profile's cloak, or None (no profile, or torch and the
+    recognisers are not installed: then said once, and the call goes on without it)."""
+    if proc.profile is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print("cloak refinement off: torch is not installed (pip install 'livedeid[enrol]')", file=sys.stderr)
+        return None
+    from livedeid.cloak.refine import CloakRefiner
+
+    return CloakRefiner(proc.profile, proc)
 
 
 def _run_sinks(args, source) -> list:

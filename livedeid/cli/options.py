@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # Command-line option (argparse dest) -> PipelineConfig field.
 CONFIG_OPTIONS = {"engine": "engine", "model": "manifest", "fail_closed": "fail_closed",
                   "max_faces": "max_faces", "hr_method": "hr_method", "hr_overlay": "hr_overlay",
-                  "profile": "profile"}
+                  "profile": "profile", "hide_unverified": "hide_unverified"}
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="pipeline settings as JSON or TOML (keys as PipelineConfig: engine, model, fail_closed, "
                         "max_faces, min_confidence, hr_method, hr_window_s, hr_overlay, detect_long_side, "
-                        "safety_net, startup_guard, profile); "
+                        "safety_net, startup_guard, profile, hide_unverified); "
                         "options given here win")
     p.add_argument("--engine", choices=ENGINE_NAMES, default=None,
                    help="inference backend (default: auto = TensorRT > torch CUDA > ONNX Runtime)")
@@ -40,6 +40,10 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", type=Path, default=None, metavar="NAME_OR_FILE",
                    help="the enrolled person's cloak (`livedeid enrol`): a profile file, or a name in the profile "
                         "folder; the largest face in the picture wears it, other faces get the model")
+    p.add_argument("--hide-unverified", action="store_true", default=None,
+                   help="hide (by the fail-closed policy) every face whose protection is not verified: the "
+                        "cloak's wearer until the profile's held-out check meets its target, other faces "
+                        "unless the model's held-out measurement says it protects")
 
 
 def add_live_options(p: argparse.ArgumentParser, no_virtual_camera_help: str) -> None:

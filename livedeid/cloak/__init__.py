@@ -5,9 +5,10 @@ Lives here: gathering enrolment material from photos or a video (``enrolment``: 
 crops, pose and expression bins, the optimisation / held-out split), the optimisation of
 a fixed pattern in aligned-crop coordinates against the differentiable recognisers
 (``optimise``, with its torch transformations in ``eot``), and its verification with the
-real recognisers through the real composite (``verify``). The profile file the cloak is
+real recognisers through the real composite (``verify``), and building a profile from
+all three (``build``: what the command line and the panel's enrolment step call). The profile file the cloak is
 saved in is :mod:`livedeid.io.profile`, because the patient's pipeline loads it.
 May import: ``core``, ``tracking``, ``protect``, ``recognizers``, ``io``, ``evaluation``.
-torch only in ``optimise`` and ``eot``; nothing in ``pipeline`` or ``protect`` imports
+torch only in ``optimise`` and ``eot`` (``build`` imports them when it runs); nothing in ``pipeline`` or ``protect`` imports
 this package (the pipeline reads profiles through ``io``).
 """

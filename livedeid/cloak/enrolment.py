@@ -14,9 +14,11 @@ frontal face has it (on the eyes' midline sideways; :data:`FRONTAL_NOSE_SHARE` o
 from the eye line to the mouth line vertically). Real faces differ in nose depth and
 length, so angles are good to maybe ±10°; beyond ~45° the five points are unreliable anyway.
 
-Selection: items are binned by yaw, pitch and mouth (open / closed); a video contributes
-up to :data:`MAX_VIDEO_ITEMS` frames shared round-robin over the bins it covers, spread
-in time inside each bin (neighbouring frames are near copies). Held out: in bin order
+Selection: items are binned by yaw, pitch and mouth (open / closed); a video or a camera
+recording contributes up to :data:`MAX_VIDEO_ITEMS` frames shared round-robin over the
+bins it covers, spread in time inside each bin (neighbouring frames are near copies), in
+one pass with bounded memory (:class:`_BinReservoir`). A camera recording is guided
+(:data:`GUIDE`: straight, left, right, up, down, speaking). Held out: in bin order
 (so that they span the poses), every :data:`HELD_OUT_EVERY`-th chosen frame of a video and
 every second photo, at least one either way. Frames held out of a video come
 from the same session as the optimisation frames, so they verify less than photos taken
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,18 +131,52 @@ def make_item(source: str, image: np.ndarray, landmarks: np.ndarray) -> Enrolmen
                          crop=extract_crop(image, to_crop, CROP_SIZE), yaw=yaw, pitch=pitch, roll=roll, mouth=mouth)
 
 
-def gather(source: str | Path, *, max_seconds: float = 60.0) -> Enrolment:
-    """Enrolment material from ``source``: a folder of photos or a video file."""
+# The guided camera enrolment: what to do during each part of the recording (seconds from
+# the start, instruction). Six parts of about equal length over the default 25 s.
+GUIDE = ((0.0, "look straight at the camera"), (4.0, "turn your head slowly to the left"),
+         (8.0, "turn your head slowly to the right"), (12.0, "tilt your head up"), (16.0, "tilt your head down"),
+         (20.0, "look at the camera and speak (count to ten)"))
+CAMERA_SECONDS = 25.0
+
+
+def guide_at(elapsed_s: float, seconds: float = CAMERA_SECONDS) -> str:
+    """The instruction for ``elapsed_s`` into a guided recording of ``seconds`` (the guide's
+    parts stretched to fit)."""
+    t = elapsed_s * CAMERA_SECONDS / max(seconds, 1e-6)
+    return [text for start, text in GUIDE if t >= start][-1]
+
+
+@dataclass
+class Progress:
+    """One update of a recording enrolment, for a progress bar or the panel."""
+
+    elapsed_s: float            # seconds of the recording taken in
+    seconds: float              # seconds it will take in
+    faces: int                  # frames with a usable face so far
+    bins: int                   # pose/expression bins covered so far
+    instruction: str            # what the person should do now ("" for a file)
+    image: np.ndarray | None = None    # the frame (for a preview), BGR
+    landmarks: np.ndarray | None = None
+
+
+def gather(source: str | Path, *, max_seconds: float | None = None, progress=None) -> Enrolment:
+    """Enrolment material from ``source``: a folder of photos, a video file, a camera index
+    or stream URL (guided, :data:`CAMERA_SECONDS` by default), or ``synthetic[:HR]`` (the
+    built-in clip). ``progress`` gets a :class:`Progress` now and then while a stream is read."""
     text = str(source)
-    if text.isdigit() or "://" in text:
-        raise UserError("enrolling from a camera is not supported yet: record a 20-30 s clip (look straight, "
-                        "turn left/right, up/down, speak) and pass the video file, or a folder of photos")
     path = Path(text).expanduser()
-    if not path.exists():
-        raise UserError(f"enrolment source not found: {path}")
-    enrolment = from_photos(path) if path.is_dir() else from_video(path, max_seconds=max_seconds)
+    if path.is_dir():
+        enrolment = from_photos(path)
+    else:
+        from livedeid.io.sources import open_source
+
+        if not (text.isdigit() or "://" in text or text.startswith("synthetic")) and not path.exists():
+            raise UserError(f"enrolment source not found: {path}")
+        with open_source(text) as src:
+            seconds = max_seconds if max_seconds is not None else (CAMERA_SECONDS if src.is_live else 60.0)
+            enrolment = from_stream(src, seconds=seconds, progress=progress)
     if not enrolment.optimise or not enrolment.held_out:
-        raise UserError(f"enrolment needs at least 2 usable faces in {path} (one to optimise on, one held out to "
+        raise UserError(f"enrolment needs at least 2 usable faces in {text} (one to optimise on, one held out to "
                         f"verify); found {len(enrolment.optimise) + len(enrolment.held_out)}")
     return enrolment
 
@@ -170,26 +205,6 @@ def from_photos(folder: Path) -> Enrolment:
                      without_face=len(files) - len(items))
 
 
-def _track_video(path: Path, max_seconds: float) -> tuple[list[tuple[int, np.ndarray]], int]:
-    """(frame index, landmarks) of the largest trusted face of each frame, and the number
-    of frames looked at, over at most ``max_seconds`` of ``path``."""
-    from livedeid.io.sources import FileSource
-    from livedeid.tracking.mesh import FaceTracker, largest_face
-
-    seen, examined = [], 0
-    with FileSource(path) as src, FaceTracker(max_faces=4, crop_size=CROP_SIZE) as tracker:
-        limit = max(1, round(max_seconds * src.fps))
-        for frame in src:
-            faces = [f for f in tracker.update(frame.image, frame.timestamp)
-                     if not f.is_lost and f.confidence >= MIN_CONFIDENCE]
-            examined += 1
-            if faces:
-                seen.append((frame.index, largest_face(faces).landmarks.copy()))
-            if examined >= limit:
-                break
-    return seen, examined
-
-
 def _choose(bins: dict[tuple, list[int]], total: int) -> dict[tuple, list[int]]:
     """Per bin, positions (into its time-ordered list) of the items to keep: ``total``
     shared round-robin over the bins, spread evenly in time inside each."""
@@ -201,32 +216,68 @@ def _choose(bins: dict[tuple, list[int]], total: int) -> dict[tuple, list[int]]:
     return {b: sorted({round(x) for x in np.linspace(0, len(bins[b]) - 1, q)}) for b, q in quota.items() if q}
 
 
+class _BinReservoir:
+    """Frames of one pose/expression bin, spread over time in bounded memory: every
+    ``stride``-th frame of the bin is kept; when more than ``cap`` are held, every second one
+    is dropped and the stride doubles (so a long recording costs no more than a short one)."""
+
+    def __init__(self, cap: int):
+        self.cap, self.stride, self.seen, self.items = cap, 1, 0, []
+
+    def offer(self, index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
+        if self.seen % self.stride == 0:
+            self.items.append((index, image, landmarks))
+            if len(self.items) > self.cap:
+                self.items, self.stride = self.items[::2], self.stride * 2
+        self.seen += 1
+
+
+def from_stream(src, *, seconds: float, max_items: int = MAX_VIDEO_ITEMS, progress=None) -> Enrolment:
+    """Up to ``max_items`` frames of the first ``seconds`` of ``src`` (any
+    :class:`livedeid.io.sources.Source`: a file, a camera, the synthetic clip), chosen for
+    pose/expression variety in one pass; in bin order every :data:`HELD_OUT_EVERY`-th is
+    held out (at least one). A live source is guided (:func:`guide_at`)."""
+    from livedeid.tracking.mesh import FaceTracker, largest_face
+
+    bins: dict[tuple, _BinReservoir] = {}
+    examined = with_face = 0
+    t0 = None
+    limit = max(1, round(seconds * (src.fps or 30.0)))
+    with FaceTracker(max_faces=4, crop_size=CROP_SIZE) as tracker:
+        for frame in src:
+            t0 = frame.timestamp if t0 is None else t0
+            elapsed = frame.timestamp - t0 if src.is_live else frame.index / (src.fps or 30.0)
+            if elapsed >= seconds or (not src.is_live and examined >= limit):
+                break
+            examined += 1
+            faces = [f for f in tracker.update(frame.image, frame.timestamp)
+                     if not f.is_lost and f.confidence >= MIN_CONFIDENCE]
+            lm = None
+            if faces:
+                with_face += 1
+                lm = largest_face(faces).landmarks.copy()
+                yaw, pitch, _, mouth = face_measures(lm)
+                bins.setdefault(pose_bin(yaw, pitch, mouth), _BinReservoir(2 * max_items)).offer(
+                    frame.index, frame.image, lm)
+            if progress is not None:
+                progress(Progress(elapsed_s=elapsed, seconds=seconds, faces=with_face, bins=len(bins),
+                                  instruction=guide_at(elapsed, seconds) if src.is_live else "",
+                                  image=frame.image, landmarks=lm))
+    kept = {b: r.items for b, r in bins.items()}
+    chosen = _choose({b: list(range(len(v))) for b, v in kept.items()}, max_items)
+    in_bin_order = [kept[b][p] for b in sorted(chosen) for p in chosen[b]]
+    held = {entry[0] for entry in in_bin_order[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]}
+    if len(in_bin_order) >= 2 and not held:  # too few frames for every third: hold out the latest one
+        held = {max(entry[0] for entry in in_bin_order)}
+    items = [(make_item(f"frame {i}", img, lm), i in held) for i, img, lm in sorted(in_bin_order, key=lambda e: e[0])]
+    kind = "camera frames" if src.is_live else "video frames"
+    return Enrolment(optimise=[it for it, h in items if not h], held_out=[it for it, h in items if h],
+                     kind=kind, examined=examined, without_face=examined - with_face)
+
+
 def from_video(path: Path, *, max_seconds: float = 60.0, max_items: int = MAX_VIDEO_ITEMS) -> Enrolment:
-    """Up to ``max_items`` frames of ``path`` chosen for pose/expression variety; in bin
-    order, every :data:`HELD_OUT_EVERY`-th held out (at least one)."""
+    """:func:`from_stream` over the first ``max_seconds`` of a video file."""
     from livedeid.io.sources import FileSource
 
-    seen, examined = _track_video(path, max_seconds)
-    poses = {}
-    bins: dict[tuple, list[int]] = defaultdict(list)
-    for index, lm in seen:
-        yaw, pitch, _, mouth = face_measures(lm)
-        bins[pose_bin(yaw, pitch, mouth)].append(index)
-        poses[index] = lm
-    chosen = _choose(bins, max_items)
-    in_bin_order = [bins[b][p] for b in sorted(chosen) for p in chosen[b]]
-    held = set(in_bin_order[HELD_OUT_EVERY - 1::HELD_OUT_EVERY])
-    wanted = set(in_bin_order)
-    if len(wanted) >= 2 and not held:  # too few frames for every third: hold out the latest one
-        held = {max(wanted)}
-    items: dict[int, EnrolmentItem] = {}
-    last = max(wanted, default=-1)
-    with FileSource(path) as src:  # second pass: keep only the chosen frames' images
-        for frame in src:
-            if frame.index > last:
-                break
-            if frame.index in wanted:
-                items[frame.index] = make_item(f"frame {frame.index}", frame.image, poses[frame.index])
-    order = sorted(items)
-    return Enrolment(optimise=[items[i] for i in order if i not in held], held_out=[items[i] for i in order if i in held],
-                     kind="video frames", examined=examined, without_face=examined - len(seen))
+    with FileSource(path) as src:
+        return from_stream(src, seconds=max_seconds, max_items=max_items)

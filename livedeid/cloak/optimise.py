@@ -8,8 +8,9 @@ The pattern
     (``coarse`` cells across) upsampled bicubically, ``F`` a full-resolution field, ``a``
     the coarse share. The tanh keeps ``|pattern| <= budget`` without projection; the coarse
     part is low-frequency content that survives a video codec's quantisation and the
-    down-scaling of a small face. ``W`` (:func:`weight_map`) is the face-oval mask the
-    composite applies at run time (so the optimisation sees the cloak exactly where it will
+    down-scaling of a small face. ``W`` (:func:`weight_map`) is the mask the composite
+    applies at run time (the feathered face oval grown by ``grow`` over the hairline, ears
+    and jaw line) (so the optimisation sees the cloak exactly where it will
     be), scaled down on the forehead and cheeks (the pulse regions) and up on the eyes,
     brows, nose and mouth (where identity lives), averaged over the enrolment faces.
 
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
+import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,8 +83,17 @@ class CloakSettings:
     feature_weight: float = 1.0      # eyes, brows, nose, mouth
     skin_weight: float = 0.85        # the rest of the oval
     pulse_weight: float = 0.5        # forehead and cheeks
+    grow: float = 0.15               # the cloak's region: the face oval scaled by 1 + this, over the hairline,
+                                     # ears and jaw line (SFace leans on them: inside the bare oval a cloak
+                                     # could not even fit the enrolment photos under alignment jitter)
     check_every: int = 15
     mirror: bool = True              # also optimise on the mirrored enrolment crops
+    method: str = "mifgsm"           # "mifgsm": momentum sign steps on the pattern itself, projected onto the
+                                     # budget; "adam": Adam on the tanh parameterisation (coarse + fine)
+    momentum: float = 0.9            # MI-FGSM's decay of the normalised gradient
+    step: float = 0.125              # first sign step, as a share of the budget (decays linearly to a tenth)
+    smooth: float = 0.0              # sigma (crop px) of a Gaussian on the gradient before the sign (TI-FGSM);
+                                     # off: at 1.5 the cloak could not fit SFace on the enrolment crops
     eot: EotSettings = field(default_factory=EotSettings)
 
 
@@ -109,14 +120,14 @@ def crop_landmarks(crops: np.ndarray) -> list[np.ndarray]:
 
 
 def weight_map(landmarks: list[np.ndarray], crop_size: int, s: CloakSettings) -> np.ndarray:
-    """float32 (S, S) in [0, 1]: the composite's feathered face oval times the region
-    weights (features ``feature_weight``, forehead and cheeks ``pulse_weight``, the rest of
-    the oval ``skin_weight``), smoothed so the weights blend, averaged over the faces."""
+    """float32 (S, S) in [0, 1]: the composite's feathered face oval, grown by ``s.grow``,
+    times the region weights (features ``feature_weight``, forehead and cheeks
+    ``pulse_weight``, the rest ``skin_weight``), smoothed so the weights blend, averaged over the faces."""
     if not landmarks:
         raise UserError("no face found in the enrolment crops; cannot place a cloak")
     maps = []
     for lm in landmarks:
-        box, feather = oval_mask(lm, (crop_size, crop_size))
+        box, feather = oval_mask(lm, (crop_size, crop_size), grow=s.grow)
         oval = np.zeros((crop_size, crop_size), np.float32)
         if box is not None:
             x0, y0, x1, y1 = box
@@ -130,7 +141,8 @@ def weight_map(landmarks: list[np.ndarray], crop_size: int, s: CloakSettings) ->
 
 
 class Pattern(torch.nn.Module):
-    """The bounded, weighted coarse + fine parameterisation of the module docstring."""
+    """The bounded, weighted coarse + fine parameterisation of the module docstring
+    (``method="adam"``)."""
 
     def __init__(self, weights: np.ndarray, s: CloakSettings):
         super().__init__()
@@ -144,6 +156,40 @@ class Pattern(torch.nn.Module):
         up = F.interpolate(self.coarse, size=(self.size, self.size), mode="bicubic", align_corners=False)[0]
         mix = self.share * torch.tanh(up) + (1.0 - self.share) * torch.tanh(self.fine)
         return self.budget * self.weights * mix
+
+
+class SignPattern(torch.nn.Module):
+    """The pattern itself, ``W * delta`` with ``|delta| <= budget``, moved by momentum sign
+    steps on a smoothed gradient (MI-FGSM with TI-FGSM's smoothing; ``method="mifgsm"``).
+    Sign steps use the whole budget where the gradient agrees across views, which Adam on
+    a tanh did not: on the celebrity probe it could not even fit the enrolment crops."""
+
+    def __init__(self, weights: np.ndarray, s: CloakSettings):
+        super().__init__()
+        self.s = s
+        self.register_buffer("weights", torch.from_numpy(weights)[None])
+        self.delta = torch.nn.Parameter(torch.zeros(3, *weights.shape))
+        self.register_buffer("velocity", torch.zeros(3, *weights.shape))
+
+    def forward(self) -> torch.Tensor:
+        return self.weights * self.delta
+
+    def step(self, terms: list[torch.Tensor], weights: list[float], progress: float) -> None:
+        """One descent step at ``progress`` (0..1) of the run on ``sum(w * term)``, each
+        term's gradient normalised first (mean absolute value 1): summed raw, the recogniser
+        with the steepest gradient decides every sign and the others are not attacked."""
+        grads = [torch.autograd.grad(t, self.delta, retain_graph=i < len(terms) - 1)[0] for i, t in enumerate(terms)]
+        g = sum(w * gi / (gi.abs().mean() + 1e-12) for w, gi in zip(weights, grads))
+        self._descend(g, progress)
+
+    @torch.no_grad()
+    def _descend(self, g: torch.Tensor, progress: float) -> None:
+        if self.s.smooth > 0:
+            k = 2 * int(np.ceil(3 * self.s.smooth)) + 1
+            g = kornia.filters.gaussian_blur2d(g[None], (k, k), (self.s.smooth, self.s.smooth))[0]
+        self.velocity.mul_(self.s.momentum).add_(g / (g.abs().mean() + 1e-12))
+        size = self.s.budget * self.s.step * (1.0 - 0.9 * progress)
+        self.delta.sub_(size * self.velocity.sign()).clamp_(-self.s.budget, self.s.budget)
 
 
 # --------------------------------------------------------------------------------------
@@ -226,17 +272,20 @@ def _references(heads, enrol: torch.Tensor, held: torch.Tensor) -> tuple[dict, d
 # long: the loop with its seeding, thread setting, checks and best-pattern bookkeeping reads best in one piece
 def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.ndarray | None = None,
                    progress: Callable[[dict], None] | None = None,
-                   landmarks: list[np.ndarray] | None = None) -> CloakResult:
+                   landmarks: list[np.ndarray] | None = None, init: np.ndarray | None = None) -> CloakResult:
     """Optimise a cloak on ``crops`` (N, 3, S, S) float32 RGB in [0, 1] (enrolment crops);
     ``held_out`` crops are kept out of the optimisation and decide early stopping;
     ``landmarks`` (face mesh in crop pixels per crop) place the weight map, found on the
-    crops when not given. ``progress`` gets each check's history entry."""
+    crops when not given. ``progress`` gets each check's history entry. ``init``: a pattern
+    to start from (background refinement continues the profile's cloak; ``mifgsm`` only)."""
     s = settings
     enrol = _as_crops(crops, "enrolment crops")
     held = enrol if held_out is None else _as_crops(held_out, "held-out crops")
     size = enrol.shape[-1]
     if held.shape[1:] != enrol.shape[1:]:
         raise UserError(f"held-out crops have shape {tuple(held.shape[1:])}, enrolment crops {tuple(enrol.shape[1:])}")
+    if s.method not in ("mifgsm", "adam"):
+        raise UserError(f"unknown cloak method {s.method!r} (mifgsm or adam)")
     if not 0 < s.budget <= 0.25 or s.steps < 1 or s.batch < 1 or not s.recognizers:
         raise UserError("cloak settings need 0 < budget <= 64/255, steps >= 1, batch >= 1 and a recogniser")
     weights = weight_map(landmarks if landmarks is not None else crop_landmarks(enrol.numpy()), size, s)
@@ -250,21 +299,32 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
         gen = torch.Generator().manual_seed(s.seed)
         heads = [RecognizerHead.from_recognizer(get_recognizer(n), crop_size=size) for n in s.recognizers]
         refs, held_refs = _references(heads, enrol, held)
-        pattern = Pattern(weights, s)
-        opt = torch.optim.Adam(pattern.parameters(), lr=s.lr)
+        pattern = SignPattern(weights, s) if s.method == "mifgsm" else Pattern(weights, s)
+        if init is not None:
+            if s.method != "mifgsm" or np.shape(init) != (3, size, size):
+                raise UserError("a starting pattern needs method mifgsm and the crops' (3, S, S) shape")
+            with torch.no_grad():  # pattern = W * delta: delta where the weight map lets it through
+                start = torch.from_numpy(np.asarray(init, np.float32)) / pattern.weights.clamp_min(1e-3)
+                pattern.delta.copy_(start.clamp(-s.budget, s.budget))
+        opt = torch.optim.Adam(pattern.parameters(), lr=s.lr) if s.method == "adam" else None
         history, best, stopped = [], (np.inf, np.zeros((3, size, size), np.float32)), False
         t0, loss_sum, loss_n = time.perf_counter(), 0.0, 0
         for step in range(1, s.steps + 1):
             idx = torch.randint(len(enrol), (s.batch,), generator=gen)
             p = pattern()
             views = cloaked_view(enrol[idx], p, gen, s.eot)
-            loss = sum(cloak_losses(heads, views, refs, idx, s))
+            terms = cloak_losses(heads, views, refs, idx, s)
             if s.ssim_weight > 0:
                 clean = enrol[idx]
-                loss = loss + s.ssim_weight * (1.0 - ssim((clean + p).clamp(0, 1), clean, data_range=1.0))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                terms.append(1.0 - ssim((clean + p).clamp(0, 1), clean, data_range=1.0))
+            weights_ = [1.0] * len(heads) + ([s.ssim_weight] if s.ssim_weight > 0 else [])
+            loss = sum(w * t for w, t in zip(weights_, terms))
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                pattern.step(terms, weights_, (step - 1) / s.steps)
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             if step % s.check_every and step != s.steps:
                 continue

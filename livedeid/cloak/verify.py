@@ -45,10 +45,11 @@ from livedeid.tracking.still import still_landmarks
 TARGET = 0.05  # gallery match at or below this for every recogniser = protects (issue 13)
 
 
-def cloak_image(image_bgr: np.ndarray, pattern: np.ndarray, landmarks: np.ndarray | None = None):
-    """``(cloaked image, face region)`` of the largest face of a BGR image, through the
-    run-time path (alignment, crop warp, cloak, composite), or ``(None, None)`` when the
-    face mesh finds no face."""
+def cloak_image(image_bgr: np.ndarray, pattern: np.ndarray, landmarks: np.ndarray | None = None,
+                grow: float = 0.0):
+    """``(cloaked image, region)`` of the largest face of a BGR image, through the run-time
+    path (alignment, crop warp, cloak, composite; the region is the face oval grown by
+    ``grow``, where the cloak may reach), or ``(None, None)`` when the face mesh finds no face."""
     lm = still_landmarks(image_bgr) if landmarks is None else landmarks
     if lm is None:
         return None, None
@@ -56,10 +57,10 @@ def cloak_image(image_bgr: np.ndarray, pattern: np.ndarray, landmarks: np.ndarra
     to_crop, from_crop, _ = alignment(lm, crop_size)
     face = FaceTrack(track_id=0, landmarks=lm.astype(np.float32), to_crop=to_crop, from_crop=from_crop,
                      confidence=1.0, crop=extract_crop(image_bgr, to_crop, crop_size))
-    cloak_face(face, pattern)
+    cloak_face(face, pattern, grow)
     out = image_bgr.copy()
     apply_protection(out, face)
-    return out, face_region(lm, image_bgr.shape[:2])
+    return out, face_region(lm, image_bgr.shape[:2], grow)
 
 
 def _centre(rec, embeddings: list[np.ndarray]) -> np.ndarray:
@@ -104,29 +105,40 @@ def _gallery_embeddings(rec, gallery: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-# long: one pass over the probes gathers quality and every recogniser's embeddings together
 def verify_cloak(pattern: np.ndarray, probes: list[np.ndarray], gallery: list[np.ndarray],
-                 recognizers=None) -> dict:
+                 recognizers=None, grow: float = 0.0) -> dict:
     """Verify ``pattern`` (3, S, S) on ``probes`` (BGR images of the person the
     optimisation never saw) against ``gallery`` (other clean BGR images of the person)
     with the real ``recognizers`` (names or :class:`Recognizer` objects; default dlib and
-    SFace). Returns ``{"recognizers": {name: {...}}, "psnr_db", "ssim", "cloaked",
-    "protects", "target"}`` (figures defined in the module docstring)."""
+    SFace), the cloak laid under the face oval grown by ``grow``. Returns ``{"recognizers": {name: {...}}, "psnr_db", "ssim", "cloaked",
+    "probes", "protects", "target"}`` (figures defined in the module docstring)."""
     if not probes or not gallery:
         raise UserError("verifying a cloak needs at least one probe and one gallery image")
     pattern = np.asarray(pattern, np.float32)
     check_pattern(pattern, pattern.shape[-1], float(np.abs(pattern).max(initial=0.0)))
+    pairs = []
+    for img in probes:
+        out, region = cloak_image(img, pattern, grow=grow)
+        # A face the mesh misses would be hidden (fail-closed) at run time, not cloaked; the
+        # verification cannot vouch for it, so it counts against "protects" (pairs < probes).
+        if out is not None and region is not None:
+            pairs.append((img, out, region))
+    return judge_outputs(pairs, gallery, recognizers, probes=len(probes))
+
+
+def judge_outputs(pairs: list, gallery: list[np.ndarray], recognizers=None, probes: int | None = None) -> dict:
+    """The figures of :func:`verify_cloak` for protected images that already exist:
+    ``pairs`` of (clean BGR image, protected BGR image, the face's
+    :class:`~livedeid.evaluation.baselines.FaceRegion` in the clean image), e.g. the
+    pipeline's output frames beside its input; ``probes`` (default ``len(pairs)``) is how
+    many there should have been."""
+    if not gallery:
+        raise UserError("judging protected images needs at least one clean gallery image")
     recs = [get_recognizer(r) if isinstance(r, str) else r for r in (recognizers or ("dlib", "sface"))]
     clean = {r.name: [] for r in recs}
     cloaked = {r.name: [] for r in recs}
-    mses, ssims, n_cloaked = [], [], 0
-    for img in probes:
-        out, region = cloak_image(img, pattern)
-        if out is None or region is None:
-            # The run-time pipeline would hide this face (fail-closed), not cloak it; the
-            # verification cannot vouch for it, so it counts against "protects".
-            continue
-        n_cloaked += 1
+    mses, ssims = [], []
+    for img, out, region in pairs:
         x0, y0, x1, y1 = region.box
         a, b = img[y0:y1, x0:x1], out[y0:y1, x0:x1]
         mse = region_psnr_mse(a, b, region.mask)
@@ -136,14 +148,15 @@ def verify_cloak(pattern: np.ndarray, probes: list[np.ndarray], gallery: list[np
             clean[r.name].append(embed_region_face(r, img, region))
             cloaked[r.name].append(embed_region_face(r, out, region))
     per_rec = {r.name: _judge(r, _gallery_embeddings(r, gallery), clean[r.name], cloaked[r.name]) for r in recs}
-    protects = n_cloaked == len(probes) and all(
+    probes = len(pairs) if probes is None else probes
+    protects = bool(pairs) and len(pairs) == probes and all(
         v["detection"] > 0 and v["gallery_match"] <= TARGET for v in per_rec.values())
     return {
         "recognizers": per_rec,
         "psnr_db": mse_to_psnr(float(np.mean(mses))) if mses else float("nan"),
         "ssim": float(np.mean(ssims)) if ssims else float("nan"),
-        "cloaked": n_cloaked,
-        "probes": len(probes),
+        "cloaked": len(pairs),
+        "probes": probes,
         "protects": bool(protects),
         "target": TARGET,
     }

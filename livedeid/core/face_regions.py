@@ -48,6 +48,17 @@ EXCLUSIONS = ((RIGHT_EYE, 1.6), (LEFT_EYE, 1.6), (RIGHT_BROW, 1.3), (LEFT_BROW, 
 SUBPIXEL_BITS = 4  # fillPoly fractional bits: landmarks are sub-pixel, masks should be too
 
 
+def oval_points(landmarks: np.ndarray, grow: float = 0.0) -> np.ndarray:
+    """The face oval's points (:data:`FACE_OVAL`), scaled by ``1 + grow`` about their mean:
+    ``grow > 0`` reaches past the oval over the hairline, the ears and the jaw line (the
+    personal cloak's region, ``Profile.region_grow``)."""
+    pts = polygon_points(landmarks, FACE_OVAL)
+    if grow:
+        centre = pts.mean(axis=0)
+        pts = centre + (pts - centre) * (1.0 + float(grow))
+    return pts
+
+
 def polygon_points(landmarks: np.ndarray, poly: tuple) -> np.ndarray:
     """``(k, 2)`` float64 points of a polygon spec (landmark indices or ``(a, b, t)`` blends)."""
     lm = np.asarray(landmarks, dtype=np.float64)[:, :2]

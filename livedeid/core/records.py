@@ -31,6 +31,7 @@ class FaceTrack:
     lost_frames: int = 0
     crop: np.ndarray | None = None        # aligned crop, float32 (3, S, S) RGB in [0, 1]
     protected: np.ndarray | None = None   # engine output, same layout as ``crop``
+    mask_grow: float = 0.0                # the composite's region beyond the face oval (0: the oval; the cloak's)
 
     @property
     def is_lost(self) -> bool:
@@ -59,6 +60,7 @@ class Frame:
     # at all has been found yet since the tracker started (the whole frame is hidden then).
     unheld_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     no_face_yet: bool = False
+    cloak_track: int | None = None    # track id of the face that wore the profile's cloak in this frame
     stage_ms: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -30,6 +30,7 @@ class PipelineConfig:
     safety_net: bool = True       # a second (full-range) detector; faces no track holds are hidden
     startup_guard: bool = True    # hide the whole frame until the first face is found
     profile: Path | None = None   # an enrolled person's cloak: a profile file or a name in the profile folder
+    hide_unverified: bool = False  # hide (fail-closed policy) every face whose protection is not verified
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from livedeid.core.errors import UserError
-from livedeid.core.face_regions import FACE_OVAL, fill_polygons, polygon_points
+from livedeid.core.face_regions import fill_polygons, oval_points
 from livedeid.evaluation.photos import IMAGE_SUFFIXES, Sample, read_image
 from livedeid.tracking.still import still_landmarks
 
@@ -59,17 +59,18 @@ class FaceRegion:
 
     @property
     def width(self) -> float:
-        return float(np.ptp(polygon_points(self.landmarks, FACE_OVAL)[:, 0]))
+        return float(np.ptp(oval_points(self.landmarks)[:, 0]))
 
     @property
     def scale(self) -> float:
         return max(self.width, 1.0) / FACE_UNIT_PX
 
 
-def face_region(landmarks: np.ndarray, hw: tuple[int, int]) -> FaceRegion | None:
-    """The face-oval polygon of ``landmarks`` as a box + boolean mask (see module doc)."""
+def face_region(landmarks: np.ndarray, hw: tuple[int, int], grow: float = 0.0) -> FaceRegion | None:
+    """The face-oval polygon of ``landmarks`` as a box + boolean mask (see module doc);
+    ``grow``: the oval scaled about its centre (a personal cloak's region)."""
     h, w = hw
-    poly = polygon_points(landmarks, FACE_OVAL)
+    poly = oval_points(landmarks, grow)
     x0, y0 = np.maximum(np.floor(poly.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(poly.max(axis=0)).astype(int) + 1, [w, h])
     if x1 - x0 < 4 or y1 - y0 < 4:

@@ -38,6 +38,9 @@ FORMAT_VERSION = 1
 # The strongest cloak a profile may carry: 16/255 is twice what enrolment uses and already
 # visible as grain on a face; a file asking for more is not one `livedeid enrol` wrote.
 MAX_BUDGET = 16 / 255
+# How far past the face oval a cloak may reach (the oval scaled by 1 + this): the hairline, ears
+# and jaw line, not the background.
+MAX_REGION_GROW = 0.3
 # Names become file names in the profile folder: no separators, no leading dot.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SUFFIX = ".npz"
@@ -56,6 +59,7 @@ class Profile:
     verification: dict = field(default_factory=dict)  # verify_cloak's figures on held-out images
     created: str = ""                        # UTC ISO 8601
     settings: dict = field(default_factory=dict)      # the optimiser's settings
+    region_grow: float = 0.0                 # the cloak's region: the face oval scaled by 1 + this
     enrolment: dict[str, np.ndarray] = field(default_factory=dict)  # only with keep_enrolment
     sha256: str = ""                         # set by save/load
 
@@ -140,7 +144,7 @@ def _arrays(profile: Profile) -> dict[str, np.ndarray]:
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "name": profile.name, "budget": float(profile.budget),
             "crop_size": int(profile.crop_size), "recognizers": profile.recognizers,
             "verification": profile.verification, "created": profile.created or utc_now(),
-            "settings": profile.settings}
+            "settings": profile.settings, "region_grow": float(profile.region_grow)}
     arrays = {"pattern": np.ascontiguousarray(profile.pattern, dtype=np.float32),
               "meta": np.array([json.dumps(meta, sort_keys=True, default=_plain)])}
     for key, value in profile.enrolment.items():
@@ -156,6 +160,8 @@ def save_profile(profile: Profile, path: Path) -> Path:
     check_pattern(profile.pattern, profile.crop_size, profile.budget)
     if not 0 < profile.budget <= MAX_BUDGET + 1e-9:
         raise UserError(f"cloak budget must be in (0, {MAX_BUDGET * 255:.0f}/255]")
+    if not 0.0 <= profile.region_grow <= MAX_REGION_GROW:
+        raise UserError(f"cloak region must grow the face oval by 0..{MAX_REGION_GROW}")
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +219,9 @@ def load_profile(path: Path) -> Profile:
                         f"{FORMAT_VERSION}; enrol again")
     try:
         budget, crop_size = float(meta["budget"]), int(meta["crop_size"])
+        region_grow = float(meta.get("region_grow", 0.0))
+        if not 0.0 <= region_grow <= MAX_REGION_GROW:
+            raise ValueError(f"its region grows the face oval by {region_grow:.2f}, beyond {MAX_REGION_GROW}")
         if not 0 < budget <= MAX_BUDGET + 1e-9:
             raise ValueError(f"its budget {budget * 255:.1f}/255 is outside (0, {MAX_BUDGET * 255:.0f}/255]")
         if pattern.dtype != np.float32:
@@ -224,7 +233,7 @@ def load_profile(path: Path) -> Profile:
     return Profile(name=str(meta.get("name", path.stem)), pattern=pattern, budget=budget, crop_size=crop_size,
                    recognizers=meta.get("recognizers") or {}, verification=meta.get("verification") or {},
                    created=str(meta.get("created", "")), settings=meta.get("settings") or {},
-                   enrolment=enrolment, sha256=stored)
+                   enrolment=enrolment, sha256=stored, region_grow=region_grow)
 
 
 def resolve_profile(name_or_file: str | os.PathLike) -> Profile:

@@ -2,13 +2,15 @@
 clinicians. Needs the ``gui`` extra (PySide6, pyqtgraph, mss).
 
 Lives here: the window (:mod:`.main_window`) hosting the patient's tab
-(:mod:`.patient_tab`, with :mod:`.output_box` and :mod:`.meter_box`) and the
-clinician's tab (:mod:`.monitor_tab`), the video view and heart-rate plots
+(:mod:`.patient_tab`, with :mod:`.output_box` and :mod:`.meter_box`), the
+clinician's tab (:mod:`.monitor_tab`) and the enrolment tab (:mod:`.enrol_tab`, with
+:mod:`.enrol_result`), the video view and heart-rate plots
 (:mod:`.video`, :mod:`.plots`, :mod:`.widgets`); and, without any Qt, the threads that do
 the work (:mod:`.workers`, :mod:`.meter`), the panel's sink (:mod:`.sink_hub`), the
 screen source (:mod:`.screen`) and their hand-over to the window (:mod:`.common`).
-May import: the pipeline and everything below it, and the recognisers. Qt is imported
-only here and nowhere else in livedeid.
+May import: the pipeline and everything below it, the recognisers, and the personal
+cloak (``cloak``, for the enrolment step; torch only when an enrolment runs), never
+``cli``. Qt is imported only here and nowhere else in livedeid.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The livedeid window: hosts the patient's tab (:mod:`.patient_tab`) and the clinician's
-monitor tab (:mod:`.monitor_tab`) beside one video view, heart-rate panel and status bar.
+"""The livedeid window: hosts the patient's tab (:mod:`.patient_tab`), the clinician's
+monitor tab (:mod:`.monitor_tab`) and the enrolment tab (:mod:`.enrol_tab`, a personal
+cloak) beside one video view, heart-rate panel and status bar.
 
 Everything slow lives on worker threads (:mod:`livedeid.panel.workers`,
 :mod:`livedeid.panel.meter`); the window only builds widgets and, on a ~30 Hz timer, has
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from livedeid.io.cameras import probe_cameras
 from livedeid.io.sources import open_source
+from livedeid.panel.enrol_tab import EnrolTab
 from livedeid.panel.meter import PrivacyMeter
 from livedeid.panel.monitor_tab import MonitorTab
 from livedeid.panel.patient_tab import PatientTab
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 
 FRAME_INTERVAL_MS = 33   # ~30 Hz redraw; the pipeline itself never waits for it
 STATS_INTERVAL_S = 0.5
-MODES = ("patient", "monitor")  # in tab order
+MODES = ("patient", "monitor", "enrol")  # in tab order
+ENROL_COLUMN = 470  # px: the enrolment's figures need a wider tab column than the controls
 
 
 class _Bridge(QObject):
@@ -69,9 +72,11 @@ class MainWindow(QMainWindow):
         self._bridge = _Bridge()
         self._bridge.cameras_found.connect(self._on_cameras)
         self._probe_thread: threading.Thread | None = None
+        self._narrow_column: int | None = None  # the tab column's width before the Enrol tab widened it
 
         self.patient_tab = PatientTab(self, self.settings, self.meter, opener)
         self.monitor_tab = MonitorTab(self, self.settings.config)
+        self.enrol_tab = EnrolTab(self, self.patient_tab)
         self._build()
         self.set_theme(theme)
 
@@ -113,15 +118,18 @@ class MainWindow(QMainWindow):
         for b in (self.danger_banner, self.warn_banner, self.error_banner):
             outer.addWidget(b)
 
-        split = QSplitter(Qt.Orientation.Horizontal)
+        split = self.split = QSplitter(Qt.Orientation.Horizontal)
         split.setChildrenCollapsible(False)
         outer.addWidget(split, 1)
         self.tabs = QTabWidget()
         self.tabs.setObjectName("modeTabs")
         self.tabs.addTab(scrolling(self.patient_tab), icon("shield"), "Protect")
         self.tabs.addTab(scrolling(self.monitor_tab), icon("heart"), "Monitor")
+        self.tabs.addTab(scrolling(self.enrol_tab), icon("record"), "Enrol")
         self.tabs.setTabToolTip(0, "Patient: protect your face and send it to the video call")
         self.tabs.setTabToolTip(1, "Clinician: heart rate of the face in a file, camera or screen region")
+        self.tabs.setTabToolTip(2, "Make a personal cloak for one person (a guided recording, then minutes "
+                                   "of optimisation)")
         self.tabs.currentChanged.connect(lambda i: self.set_mode(MODES[i]))
         self.tabs.setMinimumWidth(340)
         split.addWidget(self.tabs)
@@ -207,25 +215,36 @@ class MainWindow(QMainWindow):
     # ==================================================================================
     # modes and cameras
     # ==================================================================================
+    def _tab(self, mode: str):
+        return {"patient": self.patient_tab, "monitor": self.monitor_tab, "enrol": self.enrol_tab}[mode]
+
     def set_mode(self, mode: str) -> None:
-        """'patient' (protect and send) or 'monitor' (heart rate only); each tab frees
-        the camera when the other takes over."""
+        """'patient' (protect and send), 'monitor' (heart rate only) or 'enrol' (a
+        personal cloak); each tab frees the camera when another takes over."""
         if mode == self.mode:
             return
-        self.mode = mode
+        previous, self.mode = self.mode, mode
         if self.tabs.currentIndex() != MODES.index(mode):
             self.tabs.blockSignals(True)
             self.tabs.setCurrentIndex(MODES.index(mode))
             self.tabs.blockSignals(False)
         self.hide_error()
-        if mode == "monitor":
-            self.patient_tab.deactivate()
-            self.side_by_side.setEnabled(False)
-            self.monitor_tab.activate()
-        else:
-            self.monitor_tab.deactivate()
-            self.side_by_side.setEnabled(True)
-            self.patient_tab.activate()
+        self._tab(previous).deactivate()
+        self.side_by_side.setEnabled(mode == "patient")
+        self._fit_tab_column(mode)
+        self._tab(mode).activate()
+
+    def _fit_tab_column(self, mode: str) -> None:
+        """Widen the tab column for the Enrol tab (taken from the video), and give the
+        width back when leaving it."""
+        sizes = self.split.sizes()
+        if mode == "enrol" and sizes[0] < ENROL_COLUMN:
+            self._narrow_column, grow = sizes[0], ENROL_COLUMN - sizes[0]
+            self.split.setSizes([ENROL_COLUMN, max(0, sizes[1] - grow), sizes[2]])
+        elif mode != "enrol" and self._narrow_column is not None:
+            give = sizes[0] - self._narrow_column
+            self.split.setSizes([self._narrow_column, sizes[1] + max(0, give), sizes[2]])
+            self._narrow_column = None
 
     def probe_cameras(self) -> None:
         """Find cameras on a helper thread (opening one can take a second)."""
@@ -255,6 +274,7 @@ class MainWindow(QMainWindow):
         self.cameras = sorted(found + [c for c in keep if c.index not in known], key=lambda c: c.index)
         self.monitor_tab.cameras_found(self.cameras)
         self.patient_tab.cameras_found(self.cameras)
+        self.enrol_tab.cameras_found(self.cameras)
 
     # ==================================================================================
     # drawing (GUI thread, timer)
@@ -262,7 +282,7 @@ class MainWindow(QMainWindow):
     def _tick(self) -> None:
         if self.closing:
             return
-        tab = self.patient_tab if self.mode == "patient" else self.monitor_tab
+        tab = self._tab(self.mode)
         tab.draw()
         self.patient_tab.draw_meter()
         now = time.monotonic()
@@ -291,6 +311,7 @@ class MainWindow(QMainWindow):
         self.redraw_timer.stop()
         self.patient_tab.stop_worker()
         self.monitor_tab.stop()
+        self.enrol_tab.stop()
         if self.meter is not None:
             self.meter.stop()
         if self._probe_thread is not None:

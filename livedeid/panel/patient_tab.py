@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtGui import QIcon
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
+    QLabel,
     QMessageBox,
     QPushButton,
     QVBoxLayout,
@@ -115,10 +117,28 @@ class PatientTab(QWidget):
             self.policy_combo.addItem(POLICY_TEXT.get(name, name), name)
         select_data(self.policy_combo, config.fail_closed)
         self.policy_combo.activated.connect(lambda i: self.set_policy(self.policy_combo.itemData(i)))
+        self.profile_label = QLabel()
+        self.profile_label.setObjectName("profileLabel")
+        self.profile_label.setWordWrap(True)
+        self._show_profile()
         form.addRow(self.protect_button)
         form.addRow("Engine", self.engine_combo)
         form.addRow("If a face is lost", self.policy_combo)
+        form.addRow("Personal cloak", self.profile_label)
         return box
+
+    def _show_profile(self) -> None:
+        profile = self.settings.config.profile
+        self.profile_label.setText("none (the Enrol tab makes one)" if profile is None else Path(profile).stem)
+        self.profile_label.setToolTip("" if profile is None else str(profile))
+
+    def set_profile(self, profile: str | Path | None) -> bool:
+        """Have the pipeline put this enrolled person's cloak on the largest face (a profile
+        file or name; None: no cloak). A running pipeline works on its own copy of the
+        settings, so the profile applies from its next start: True when one is running."""
+        self.settings.config.profile = None if profile is None else Path(profile)
+        self._show_profile()
+        return self.worker is not None and self.worker.alive
 
     def _build_meter_box(self) -> PrivacyMeterBox:
         from livedeid.recognizers.base import RECOGNIZER_NAMES

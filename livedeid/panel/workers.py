@@ -10,6 +10,9 @@ tested) without a display.
 * :class:`MonitorWorker` is ``livedeid monitor`` as a thread: the heart-rate-only loop
   (:func:`~livedeid.rppg.monitor.monitor_frames`) on a file, camera or screen region;
   nothing is de-identified.
+* :class:`EnrolWorker` is ``livedeid enrol`` as a thread: gather one person's faces
+  (:func:`~livedeid.cloak.enrolment.gather`), then optimise and verify their cloak
+  (:func:`~livedeid.cloak.build.build_profile`); torch is imported only when it runs.
 """
 from __future__ import annotations
 
@@ -361,3 +364,95 @@ class MonitorWorker(ThreadWorker):
                                          timestamp=step.timestamp, index=step.index))
         finally:
             close_quietly(tracker, source)
+
+
+# --------------------------------------------------------------------------------------
+# Enrolment (the personal cloak)
+# --------------------------------------------------------------------------------------
+class _Cancelled(Exception):
+    """Raised from the enrolment's progress callbacks once stop() was asked: gather() and
+    build_profile() have no stop flag of their own, and an exception unwinds them through
+    their ``with``/``finally`` blocks (camera, face tracker, torch threads released)."""
+
+
+@dataclass
+class EnrolRequest:
+    """What to enrol: as ``livedeid enrol NAME --from SOURCE``."""
+
+    name: str
+    source: str                      # camera index, video file, photo folder or synthetic[:HR]
+    seconds: float | None = None     # of a camera or video; None: gather's default (25 s camera, 60 s file)
+    steps: int | None = None         # None: the optimiser's default
+    live: bool = False               # play a file / the clip at camera pace, guided (a rehearsal)
+    recognizers: tuple[str, ...] = ("dlib", "sface")
+    budget: float = 8 / 255
+
+
+class EnrolWorker(ThreadWorker):
+    """One enrolment on a thread; nothing is saved here (the tab saves the profile).
+
+    ``phase``: starting -> recording -> optimising -> verifying -> done. ``recording``
+    holds the newest :class:`~livedeid.cloak.enrolment.Progress`, ``checks`` the newest
+    optimisation check (``build_profile``'s progress dict), ``profile`` the result once
+    ``state`` is 'ended'. ``stop()`` takes effect at the next frame while recording and at
+    the next optimisation check (every ``check_every`` steps) while optimising."""
+
+    def __init__(self, request: EnrolRequest):
+        super().__init__("livedeid-panel-enrol")
+        self.request = request
+        self.phase = "starting"
+        self.recording = LatestValue()
+        self.checks = LatestValue()
+        self.total_steps = 0
+        self.coverage = ""
+        self.profile = None
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise _Cancelled
+
+    def _on_frame(self, progress) -> None:
+        self._check_stop()
+        self.recording.put(progress)
+
+    def _on_check(self, entry: dict) -> None:
+        self._check_stop()
+        if int(entry.get("step", 0)) >= self.total_steps:
+            self.phase = "verifying"  # build_profile verifies right after the last check
+        self.checks.put(entry)
+
+    def _gather(self):
+        from livedeid.cloak.enrolment import CAMERA_SECONDS, from_stream, gather
+
+        r = self.request
+        if not r.live or r.source.isdigit() or Path(r.source).is_dir():
+            return gather(r.source, max_seconds=r.seconds, progress=self._on_frame)
+        # A file or the built-in clip played as a camera: the guided recording, rehearsed.
+        with open_source(r.source, live=True) as src:
+            enrolment = from_stream(src, seconds=r.seconds or CAMERA_SECONDS, progress=self._on_frame)
+        if not enrolment.optimise or not enrolment.held_out:
+            raise UserError(f"enrolment needs at least 2 usable faces in {r.source}; found "
+                            f"{len(enrolment.optimise) + len(enrolment.held_out)}")
+        return enrolment
+
+    def _work(self) -> None:
+        from livedeid.cloak.build import build_profile, default_settings
+        from livedeid.recognizers.base import get_recognizer
+
+        r = self.request
+        try:
+            for name in r.recognizers:
+                get_recognizer(name)  # a missing recogniser fails now, before any recording
+            self.total_steps = default_settings(r.recognizers, budget=r.budget, steps=r.steps).steps
+            self._check_stop()
+            self.state, self.phase = "running", "recording"
+            enrolment = self._gather()
+            self._check_stop()
+            self.coverage, self.phase = enrolment.coverage(), "optimising"
+            profile = build_profile(r.name, enrolment, r.recognizers, budget=r.budget, steps=r.steps,
+                                    progress=self._on_check)
+            self._check_stop()  # cancelled while verifying: the user no longer wants it
+        except _Cancelled:
+            self.state = "stopped"
+            return
+        self.profile, self.phase, self.state = profile, "done", "ended"

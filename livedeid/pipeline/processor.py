@@ -21,6 +21,7 @@ protection is on.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from livedeid.core.settings import PipelineConfig
 from livedeid.inference.engines import Engine
 from livedeid.inference.manifest import ModelSpec, load_spec, model_warning
 from livedeid.inference.registry import create_engine, fallback_engine
-from livedeid.io.profile import Profile, resolve_profile
+from livedeid.io.profile import Profile, check_pattern, resolve_profile
 from livedeid.pipeline.stats import STAGES
 from livedeid.protect.cloak import cloak_face
 from livedeid.protect.composite import apply_protection, draw_hr_overlay
@@ -130,12 +131,25 @@ class FrameProcessor:
         """(trusted, hidden) faces of this frame. A hidden face's window restarts (when it
         comes back its old crops belong to another moment); windows of faces gone are freed."""
         trusted, hidden = split_faces(frame.faces, self.config.min_confidence)
+        if self.config.hide_unverified:
+            shown = self.verified_faces(frame, trusted)
+            hidden += [f for f in trusted if not any(f is g for g in shown)]
+            trusted = shown
         alive = {f.track_id for f in frame.faces}
         for windows in self._window_sets():
             for f in hidden:
                 windows.reset(f.track_id)
             windows.retain(alive)
         return trusted, hidden
+
+    def verified_faces(self, frame: Frame, trusted: list[FaceTrack]) -> list[FaceTrack]:
+        """The trusted faces whose protection is verified (``hide_unverified``): the cloak
+        wearer when the profile's held-out check met its target, and every other face only
+        when the model's own held-out measurement says it protects."""
+        wearer = self.cloak_wearer(frame, trusted)
+        cloak_ok = self.profile is not None and self.profile.protects
+        model_ok = self.model_warning is None
+        return [f for f in trusted if (cloak_ok if f is wearer else model_ok)]
 
     def _window_sets(self) -> list[FaceWindows]:
         return [self.windows]
@@ -150,7 +164,8 @@ class FrameProcessor:
         if self.config.protect and trusted:
             wearer = self.cloak_wearer(frame, trusted)
             if wearer is not None:
-                cloak_face(wearer, self.profile.pattern)
+                cloak_face(wearer, self.profile.pattern, self.profile.region_grow)
+                frame.cloak_track = wearer.track_id
             rest = [(f, w) for f, w in zip(trusted, windows) if f is not wearer]
             protected = self.run_engine(np.stack([w for _, w in rest])) if rest else []
             if protected is None:  # every engine failed: fail closed on all faces
@@ -165,6 +180,16 @@ class FrameProcessor:
                 apply_protection(out, f)
         _lap(frame, "composite", t)
         return out, trusted, hidden
+
+    def swap_cloak(self, pattern: np.ndarray) -> None:
+        """Wear ``pattern`` from the next frame on (background refinement): checked against
+        the profile's crop size and budget, then swapped in whole (one reference assignment,
+        so a frame sees the old cloak or the new one, never a mix)."""
+        if self.profile is None:
+            raise ValueError("no profile to refine")
+        checked = check_pattern(np.asarray(pattern, np.float32), self.profile.crop_size, self.profile.budget)
+        self.profile = dataclasses.replace(self.profile, pattern=checked)
+        self._event(logging.INFO, "cloak refined on recent frames and swapped in")
 
     def cloak_wearer(self, frame: Frame, trusted: list[FaceTrack]) -> FaceTrack | None:
         """The face that wears the profile's cloak: the largest face of the frame (lost and

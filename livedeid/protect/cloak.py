@@ -12,9 +12,11 @@ import numpy as np
 from livedeid.core.records import FaceTrack
 
 
-def cloak_face(face: FaceTrack, pattern: np.ndarray) -> None:
+def cloak_face(face: FaceTrack, pattern: np.ndarray, grow: float = 0.0) -> None:
     """Set ``face.protected`` to its crop plus the cloak, clipped to the valid range; the
-    composite then adds ``protected - crop`` under the face oval."""
+    composite then adds ``protected - crop`` under the face oval grown by ``grow`` (the
+    profile's ``region_grow``: the cloak reaches over the hairline, ears and jaw line)."""
     if face.crop is None:
         raise ValueError("face has no aligned crop")
+    face.mask_grow = float(grow)
     face.protected = np.clip(face.crop + pattern, 0.0, 1.0).astype(np.float32, copy=False)

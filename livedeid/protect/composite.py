@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from livedeid.core.face_regions import FACE_OVAL, fill_polygons, polygon_points
+from livedeid.core.face_regions import fill_polygons, oval_points
 from livedeid.core.records import FaceTrack
 
 
@@ -20,15 +20,16 @@ def clip_box(x0: int, y0: int, x1: int, y1: int, w: int, h: int) -> tuple[int, i
     return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
 
 
-def oval_mask(landmarks: np.ndarray, frame_hw: tuple[int, int], feather_frac: float = 0.08):
-    """Feathered face-oval mask within the oval's bounding box.
+def oval_mask(landmarks: np.ndarray, frame_hw: tuple[int, int], feather_frac: float = 0.08, grow: float = 0.0):
+    """Feathered face-oval mask within the oval's bounding box; ``grow`` scales the oval
+    about its centre first (:func:`livedeid.core.face_regions.oval_points`).
 
     Returns ``(box, mask)`` with ``box = (x0, y0, x1, y1)`` and ``mask`` float32 (h, w) in
     [0, 1], exactly 0 outside the oval polygon (the feather lies inside it), or
     ``(None, None)`` when the oval is outside the frame.
     """
     h, w = frame_hw
-    poly = polygon_points(landmarks, FACE_OVAL)
+    poly = oval_points(landmarks, grow)
     x0, y0 = np.floor(poly.min(axis=0)).astype(int) - 1
     x1, y1 = np.ceil(poly.max(axis=0)).astype(int) + 2
     x0, y0, x1, y1 = clip_box(x0, y0, x1, y1, w, h)
@@ -52,10 +53,10 @@ def oval_mask(landmarks: np.ndarray, frame_hw: tuple[int, int], feather_frac: fl
 
 def apply_protection(out: np.ndarray, face: FaceTrack) -> None:
     """Add ``face.protected - face.crop`` (crop space) to ``out`` (frame space) in place,
-    under the face's feathered oval mask."""
+    under the face's feathered oval mask (grown by ``face.mask_grow``: the cloak's region)."""
     if face.protected is None or face.crop is None:
         raise ValueError("face has no protected crop")
-    box, mask = oval_mask(face.landmarks, out.shape[:2])
+    box, mask = oval_mask(face.landmarks, out.shape[:2], grow=face.mask_grow)
     if box is None:
         return
     x0, y0, x1, y1 = box

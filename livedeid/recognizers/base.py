@@ -20,6 +20,11 @@ Recognisers (:func:`get_recognizer`)
           package) with YuNet detection, both in ONNX Runtime; 5-point alignment onto the
           ArcFace 112x112 template; cosine similarity, match when cosine >= 0.363
           (:mod:`livedeid.recognizers.sface`).
+``faceres`` FaceRes, the 1024-d descriptor of the ``@vladmandic/human`` JavaScript library
+          (TF.js graph model shipped in ``engines/faceres``, run by a torch port), with YuNet
+          detection and 5-point alignment onto Human's 224 px framing; cosine similarity,
+          match when cosine >= 0.602 (:mod:`livedeid.recognizers.faceres`). Asked for by
+          name: not among the default judges (``RECOGNIZER_NAMES``, ``available_recognizers``).
 
 Nothing here imports dlib, onnx, onnxruntime, mediapipe or torch at module import time;
 missing packages make a recogniser unavailable, never an import error.
@@ -51,6 +56,10 @@ _UNIT_CROP_TO_CHIP = {
                       [0.0551, 178.6288, -17.7651]]),
     "sface": np.array([[120.1560, 0.1628, -3.9620],
                        [-0.1628, 120.1560, 10.6888]]),
+    # faceres: fitted the same way (61 faces); the naive map (crop template's five points onto
+    # faceres.FACERES_224) would be 2 % larger and ~2 px higher at the chip centre.
+    "faceres": np.array([[184.3617, -0.3457, 19.7367],
+                         [0.3457, 184.3617, 15.6561]]),
 }
 
 
@@ -59,7 +68,7 @@ class FaceEmbedding:
     """One face found by a recogniser's own detector."""
 
     box: tuple[int, int, int, int]   # x0, y0, x1, y1 in image pixels
-    embedding: np.ndarray            # (128,) float32, raw (not normalised) network output
+    embedding: np.ndarray            # (D,) float32 (128; 1024 for faceres), raw network output
 
 
 def package_dir(package: str) -> Path | None:
@@ -124,8 +133,8 @@ class Recognizer:
         raise NotImplementedError
 
     def embed_chips(self, chips_rgb: np.ndarray) -> np.ndarray:
-        """Embeddings (N, 128) float32 of aligned chips, RGB uint8 (N, chip, chip, 3), with
-        the recogniser's own runtime (dlib / ONNX Runtime)."""
+        """Embeddings (N, D) float32 of aligned chips, RGB uint8 (N, chip, chip, 3), with
+        the recogniser's own runtime (dlib / ONNX Runtime; faceres: its torch port)."""
         raise NotImplementedError
 
     # -- comparison --------------------------------------------------------------------
@@ -145,7 +154,7 @@ class Recognizer:
     # -- training ----------------------------------------------------------------------
     def torch_module(self):
         """Differentiable ``nn.Module`` (eval mode, frozen): float (N, 3, chip, chip) RGB in
-        [0, 1] -> (N, 128) embeddings, the same numbers :meth:`embed_chips` gives."""
+        [0, 1] -> (N, D) embeddings, the same numbers :meth:`embed_chips` gives."""
         raise NotImplementedError
 
     def crop_to_chip(self, crop_size: int) -> np.ndarray:
@@ -181,13 +190,16 @@ class Recognizer:
 _RECOGNIZERS = {
     "dlib": ("livedeid.recognizers.dlib", "DlibRecognizer"),
     "sface": ("livedeid.recognizers.sface", "SFaceRecognizer"),
+    "faceres": ("livedeid.recognizers.faceres", "FaceresRecognizer"),
 }
-RECOGNIZER_NAMES = tuple(_RECOGNIZERS)
+# The default judges (privacy meter, evaluation without --recognizers). faceres is left out
+# so that adding it changed no default: it needs torch and is asked for by name.
+RECOGNIZER_NAMES = ("dlib", "sface")
 
 
 def get_recognizer(name: str) -> Recognizer:
-    """The named recogniser ('dlib' or 'sface'); UserError with an install hint when its
-    packages or model files are missing."""
+    """The named recogniser ('dlib', 'sface' or 'faceres'); UserError with an install hint
+    when its packages or model files are missing."""
     try:
         module, cls = _RECOGNIZERS[name]
     except KeyError:
@@ -196,9 +208,10 @@ def get_recognizer(name: str) -> Recognizer:
 
 
 def available_recognizers() -> list[Recognizer]:
-    """Every recogniser whose packages and files are installed (others silently skipped)."""
+    """Every default recogniser (``RECOGNIZER_NAMES``) whose packages and files are installed
+    (others silently skipped)."""
     out = []
-    for name in _RECOGNIZERS:
+    for name in RECOGNIZER_NAMES:
         try:
             out.append(get_recognizer(name))
         except UserError:

