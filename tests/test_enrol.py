@@ -135,3 +135,27 @@ def test_a_live_source_is_guided_and_gives_a_held_out_split():
     assert updates[-1].faces > 0 and updates[-1].bins >= 1
     items = enrolment.optimise + enrolment.held_out
     assert 2 <= len(items) <= 6 and enrolment.held_out
+
+
+@pytest.mark.slow
+def test_demo_enrols_on_its_first_seconds_and_prints_the_match_before_and_after(tmp_path):
+    import json
+
+    out, report = tmp_path / "demo.mp4", tmp_path / "demo.json"
+    rc, stdout, err = run_cli("demo", "--seconds", "4", "--width", "640", "--height", "360", "--enrol",
+                              "--enrol-seconds", "2", "--enrol-steps", "3", "--out", out, "--report", report, "-q",
+                              timeout=600)
+    assert rc == 0, err
+    assert (tmp_path / "demo_profile.npz").is_file() and out.is_file()
+    assert "held-out check:" in stdout and "against the enrolment frames (same session)" in stdout
+    cloak = json.loads(report.read_text())["cloak"]
+    assert set(cloak["recognizers"]) == {"dlib", "sface"} and cloak["cloaked"] >= 1
+    for fig in cloak["recognizers"].values():
+        assert fig["clean_gallery_match"] == 1.0, "the clean clip matches its own enrolment"
+        assert 0.0 <= fig["gallery_match"] <= 1.0 and fig["detection"] > 0
+
+
+def test_demo_enrol_options_are_checked_before_any_work(tmp_path):
+    rc, _, err = run_cli("demo", "--seconds", "4", "--enrol", "--enrol-seconds", "9", "--out", tmp_path / "d.mp4")
+    assert_one_line_error(rc, err, "--enrol-seconds")
+    assert not (tmp_path / "d.mp4").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from livedeid.core.errors import UserError
-from livedeid.io.profile import MAX_BUDGET
+from livedeid.io.profile import DEFAULT_BUDGET, MAX_BUDGET
 
 
 def add_enrol_parser(sub) -> None:
@@ -31,9 +31,10 @@ def add_enrol_parser(sub) -> None:
                    help="how much of a video or camera to take in (default: 25 s from a camera, 60 s of a file)")
     e.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="profile file to write (default: NAME.npz in the user's profile folder)")
-    e.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the optimiser's, 300)")
-    e.add_argument("--budget", type=float, default=8.0, metavar="LEVELS",
-                   help=f"strongest change per pixel, in 1/255 levels (default 8, at most {MAX_BUDGET * 255:.0f})")
+    e.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the optimiser's, 200)")
+    e.add_argument("--budget", type=float, default=DEFAULT_BUDGET * 255, metavar="LEVELS",
+                   help=f"strongest change per pixel, in 1/255 levels (default {DEFAULT_BUDGET * 255:.0f}, "
+                        f"at most {MAX_BUDGET * 255:.0f})")
     e.add_argument("--recognizers", default="dlib,sface", metavar="LIST",
                    help="recognisers to optimise against and verify with (default dlib,sface)")
     e.add_argument("--keep-enrolment", action="store_true",
@@ -180,7 +181,7 @@ def demo_enrol(args, make_source, profile_path: Path):
         get_recognizer(name)  # not installed: one line naming what to install
     with make_source() as src:
         enrolment = from_stream(src, seconds=args.enrol_seconds)
-    profile = make_profile("demo", enrolment, names, budget=8 / 255, steps=args.enrol_steps, seed=args.seed,
+    profile = make_profile("demo", enrolment, names, budget=DEFAULT_BUDGET, steps=args.enrol_steps, seed=args.seed,
                            quiet=args.quiet)
     save_profile(profile, profile_path)
     print_verification(profile)

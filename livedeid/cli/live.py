@@ -15,6 +15,7 @@ from livedeid.cli.options import (
     start_processor,
 )
 from livedeid.cli.output import check_output_path, print_stats, run_with_progress, write_json
+from livedeid.cloak.refine import refiner_for
 from livedeid.core.errors import UserError
 
 
@@ -119,7 +120,7 @@ def cmd_run(args) -> int:
         raise
     pipeline = Pipeline(source, proc, sinks, [_preview_listener()] if args.preview else [])
     pipeline.listeners.append(_status_line(pipeline))
-    refiner = _refiner(proc) if not args.no_refine else None
+    refiner = refiner_for(proc, say=lambda line: print(line, file=sys.stderr)) if not args.no_refine else None
     if refiner is not None:
         pipeline.listeners.append(refiner)
     if args.duration:
@@ -143,21 +144,6 @@ def cmd_run(args) -> int:
         st = refiner.status
         print(f"cloak refinement: {st['rounds']} rounds, {st['swaps']} swapped in, on {st['crops']} recent frames")
     return 0
-
-
-def _refiner(proc):
-    """The background refiner of the profile's cloak, or None (no profile, or torch and the
-    recognisers are not installed: then said once, and the call goes on without it)."""
-    if proc.profile is None:
-        return None
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        print("cloak refinement off: torch is not installed (pip install 'livedeid[enrol]')", file=sys.stderr)
-        return None
-    from livedeid.cloak.refine import CloakRefiner
-
-    return CloakRefiner(proc.profile, proc)
 
 
 def _run_sinks(args, source) -> list:

@@ -190,3 +190,17 @@ class CloakRefiner:
     def __exit__(self, *exc):
         self.close()
 
+
+
+def refiner_for(processor, settings: RefineSettings | None = None, say=None) -> CloakRefiner | None:
+    """The refiner for a live pipeline's processor: None without a profile, or when torch
+    (the enrol extra) is not installed (then ``say`` is told so, once)."""
+    import importlib.util
+
+    if getattr(processor, "profile", None) is None:
+        return None
+    if importlib.util.find_spec("torch") is None:
+        if say is not None:
+            say("cloak refinement off: torch is not installed (pip install 'livedeid[enrol]')")
+        return None
+    return CloakRefiner(processor.profile, processor, settings)

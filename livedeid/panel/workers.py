@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from livedeid.cloak.refine import refiner_for
 from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
 from livedeid.core.settings import PipelineConfig
+from livedeid.io.profile import DEFAULT_BUDGET
 from livedeid.io.sources import Source, open_source
 from livedeid.panel.common import LatestValue, Snapshot, UnprotectedImage, face_views
 from livedeid.panel.sink_hub import SinkHub
@@ -188,6 +190,7 @@ class PipelineWorker(ThreadWorker):
         super().__init__("livedeid-panel-pipeline")
         self.settings = settings.copy()
         self.meter = meter
+        self.refiner = None  # background refinement of the profile's cloak, while a profile is worn
         self.source: Source | None = None
         self.processor: SwitchableProcessor | None = None
         self.hub: SinkHub | None = None
@@ -272,6 +275,9 @@ class PipelineWorker(ThreadWorker):
             processor = SwitchableProcessor(build_processor(replace(s.config)))
             hub = SinkHub(source.size, source.fps, allow_unprotected=s.send_unprotected)
             pipeline = Pipeline(source, processor, [hub], listeners=[self._listener])
+            self.refiner = refiner_for(processor)
+            if self.refiner is not None:
+                pipeline.listeners.append(self.refiner)
         except BaseException:
             close_quietly(source, processor, hub)
             raise
@@ -294,7 +300,11 @@ class PipelineWorker(ThreadWorker):
             close_quietly(pipeline.source, pipeline.processor, *pipeline.sinks)
             raise
         self.state = "running"
-        pipeline.run()  # closes source, processor and hub on the way out, whatever happens
+        try:
+            pipeline.run()  # closes source, processor and hub on the way out, whatever happens
+        finally:
+            if self.refiner is not None:
+                self.refiner.close()
         self.state = "stopped" if self._stop.is_set() else "ended"
 
 
@@ -385,7 +395,7 @@ class EnrolRequest:
     steps: int | None = None         # None: the optimiser's default
     live: bool = False               # play a file / the clip at camera pace, guided (a rehearsal)
     recognizers: tuple[str, ...] = ("dlib", "sface")
-    budget: float = 8 / 255
+    budget: float = DEFAULT_BUDGET
 
 
 class EnrolWorker(ThreadWorker):
