@@ -41,15 +41,16 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int]) -> None:
     sink.close()
 
 
-def run_livedeid(clip: Path, out: Path, engine: str) -> dict:
+def run_livedeid(clip: Path, out: Path, engine: str, profile: Path | None = None) -> dict:
+    """One run of the real `process` path (with ``profile``: the face wears its cloak)."""
     from livedeid.core.settings import PipelineConfig
     from livedeid.io.sinks import FileSink
     from livedeid.io.sources import FileSource
-    from livedeid.pipeline.processor import FrameProcessor
+    from livedeid.pipeline.factory import build_processor
     from livedeid.pipeline.runner import Pipeline
 
     src = FileSource(clip)
-    proc = FrameProcessor(PipelineConfig(engine=engine))
+    proc = build_processor(PipelineConfig(engine=engine, profile=profile), path="host")
     sink = FileSink(out, *src.size, rate=src.rate)
     t0 = time.perf_counter()
     result = Pipeline(src, proc, [sink]).run()

@@ -159,3 +159,47 @@ def test_demo_enrol_options_are_checked_before_any_work(tmp_path):
     rc, _, err = run_cli("demo", "--seconds", "4", "--enrol", "--enrol-seconds", "9", "--out", tmp_path / "d.mp4")
     assert_one_line_error(rc, err, "--enrol-seconds")
     assert not (tmp_path / "d.mp4").exists()
+
+
+@pytest.mark.slow
+def test_process_two_pass_gives_each_person_their_own_cloak(tmp_path, astronaut_bgr):
+    import json
+
+    import av
+
+    head = astronaut_bgr[0:400, 60:420]
+    frames = []
+    for i in range(16):
+        canvas = np.full((420, 800, 3), 60, np.uint8)
+        canvas[10:410, 20 + i:380 + i] = head
+        canvas[10:370, 420 - i:744 - i] = cv2.resize(head[:, ::-1], (324, 360))
+        frames.append(canvas)
+    src, out, report = tmp_path / "two.mkv", tmp_path / "out.mkv", tmp_path / "report.json"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264rgb", rate=15, options={"qp": "0"})
+        s.width, s.height, s.pix_fmt = 800, 420, "bgr24"
+        for img in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
+        c.mux(s.encode(None))
+    rc, stdout, err = run_cli("process", src, out, "--two-pass", "--cloak-steps", "2", "--codec", "lossless",
+                              "--engine", "onnxruntime", "--report", report, "-q", timeout=900)
+    assert rc == 0, err
+    assert "pass 1: 2 face track(s)" in err and stdout.count("held-out check:") == 2
+    tracks = json.loads(report.read_text())["tracks"]
+    assert len(tracks) == 2
+    for t in tracks:
+        assert set(t["recognizers"]) == {"dlib", "sface"} and t["held_out_frames"] >= 1
+        assert 0 < t["pattern_max"] <= 12 / 255 + 1e-6
+    with av.open(str(out)) as c:
+        got = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    assert len(got) == len(frames)
+    changed = np.abs(got[-1].astype(int) - frames[-1].astype(int)).max(axis=2) > 0
+    assert changed[:, :400].sum() > 1000 and changed[:, 400:].sum() > 1000, "both people are cloaked"
+
+
+def test_two_pass_refuses_a_profile_before_any_work(tmp_path, astronaut_bgr):
+    clip = tmp_path / "in.png"
+    cv2.imwrite(str(clip), astronaut_bgr)
+    rc, _, err = run_cli("process", clip, tmp_path / "out.mp4", "--two-pass", "--profile", "someone")
+    assert_one_line_error(rc, err, "--two-pass makes a cloak per person")
+    assert not (tmp_path / "out.mp4").exists()

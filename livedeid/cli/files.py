@@ -27,6 +27,13 @@ def add_process_parser(sub) -> None:
                          "command is run again with --resume")
     pr.add_argument("--segment-seconds", type=float, default=5.0,
                     help="with --resume: length of one segment, the most work a stop can lose (default 5 s)")
+    pr.add_argument("--two-pass", action="store_true",
+                    help="a personal cloak for every person in the video: pass 1 tracks the whole file and "
+                         "optimises a cloak per face track on its own frames (verified on frames held out), "
+                         "pass 2 renders with each face wearing its track's cloak (needs the enrol extra; "
+                         "minutes per person on a CPU)")
+    pr.add_argument("--cloak-steps", type=int, default=None,
+                    help="with --two-pass: optimisation steps per track (default: the optimiser's)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_pipeline_options(pr)
     pr.set_defaults(func=cmd_process)
@@ -42,8 +49,11 @@ def cmd_process(args) -> int:
     check_output_path(args.output)
     if args.report:
         check_output_path(args.report)
+    cloaks = _two_pass_cloaks(args, config) if args.two_pass else None
     source = FileSource(args.input)
-    proc = start_processor(config)
+    proc = start_processor(config, path="host" if cloaks else "auto")
+    if cloaks is not None:
+        proc.assign_cloaks = cloaks
     try:
         sink = _process_sink(args, source, proc)
     except BaseException:
@@ -69,9 +79,47 @@ def cmd_process(args) -> int:
                                  "frames": result.frames_out + done_before, "resumed_after_frame": done_before,
                                  "clip_hr": recorder.heart_rates(config.hr_method),
                                  "live_hr": [reading_json(r) for r in result.hr_readings],
-                                 "engine": result.engine, "stats": result.stats})
+                                 "engine": result.engine, "stats": result.stats,
+                                 "tracks": cloaks.summary if cloaks is not None else None})
     print(f"wrote {args.output} ({result.frames_out + done_before} frames)")
     return 0
+
+
+def _two_pass_cloaks(args, config):
+    """Pass 1 of ``--two-pass``: every face track's cloak, optimised on its own frames and
+    verified on its held-out ones; returns the pass-2 rule (who wears which cloak) with a
+    per-track ``summary`` for the report."""
+    import importlib.util
+
+    from tqdm import tqdm
+
+    from livedeid.cli.enrol import make_profile, print_verification
+    from livedeid.cloak.tracks import TrackCloaks, gather_tracks, track_summary
+    from livedeid.io.profile import DEFAULT_BUDGET
+    from livedeid.io.sources import FileSource
+
+    if config.profile is not None or args.resume:
+        raise UserError("--two-pass makes a cloak per person itself: leave out --profile and --resume")
+    if args.cloak_steps is not None and not 1 <= args.cloak_steps <= 100_000:
+        raise UserError("--cloak-steps must be 1..100000")
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("--two-pass optimises cloaks and needs torch: pip install 'livedeid[enrol]'")
+    with FileSource(args.input) as probe:
+        total = probe.frame_count
+    with tqdm(total=total, desc="pass 1: tracks", unit="frame", disable=args.quiet, file=sys.stderr) as bar:
+        tracks = gather_tracks(args.input, progress=lambda i: bar.update(1))
+    print(f"pass 1: {len(tracks.enrolments)} face track(s) with enough frames for a cloak", file=sys.stderr)
+    profiles, summary = {}, []
+    for track, enrolment in tracks.enrolments.items():
+        profile = make_profile(f"track-{track}", enrolment, ("dlib", "sface"), budget=DEFAULT_BUDGET,
+                               steps=args.cloak_steps, quiet=args.quiet)
+        print(f"track {track}:", file=sys.stderr)
+        print_verification(profile)
+        profiles[track] = profile
+        summary.append(track_summary(track, profile))
+    cloaks = TrackCloaks(tracks, profiles)
+    cloaks.summary = summary
+    return cloaks
 
 
 def _process_sink(args, source, proc):

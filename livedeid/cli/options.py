@@ -71,11 +71,13 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return config
 
 
-def start_processor(config: PipelineConfig) -> FrameProcessor:
-    """The pipeline's processor, with the engine chosen (and why) said on stderr."""
+def start_processor(config: PipelineConfig, path: str = "auto") -> FrameProcessor:
+    """The pipeline's processor (on the frame ``path``, see
+    :func:`~livedeid.pipeline.factory.build_processor`), with the engine chosen (and why)
+    said on stderr."""
     from livedeid.pipeline.factory import build_processor
 
-    proc = build_processor(config)
+    proc = build_processor(config, path=path)
     print(f"engine: {proc.engine.describe()} [{proc.engine_reason}]", file=sys.stderr)
     for why in proc.engine_skipped:
         print(f"  skipped {why}", file=sys.stderr)

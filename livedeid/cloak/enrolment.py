@@ -256,13 +256,27 @@ def from_stream(src, *, seconds: float, max_items: int = MAX_VIDEO_ITEMS, progre
             if faces:
                 with_face += 1
                 lm = largest_face(faces).landmarks.copy()
-                yaw, pitch, _, mouth = face_measures(lm)
-                bins.setdefault(pose_bin(yaw, pitch, mouth), _BinReservoir(2 * max_items)).offer(
-                    frame.index, frame.image, lm)
+                offer(bins, frame.index, frame.image, lm, max_items)
             if progress is not None:
                 progress(Progress(elapsed_s=elapsed, seconds=seconds, faces=with_face, bins=len(bins),
                                   instruction=guide_at(elapsed, seconds) if src.is_live else "",
                                   image=frame.image, landmarks=lm))
+    kind = "camera frames" if src.is_live else "video frames"
+    return select(bins, max_items, kind=kind, examined=examined, without_face=examined - with_face)
+
+
+def offer(bins: dict[tuple, _BinReservoir], index: int, image: np.ndarray, landmarks: np.ndarray,
+          max_items: int = MAX_VIDEO_ITEMS) -> None:
+    """Put one frame's face into its pose/expression bin's reservoir."""
+    yaw, pitch, _, mouth = face_measures(landmarks)
+    bins.setdefault(pose_bin(yaw, pitch, mouth), _BinReservoir(2 * max_items)).offer(index, image, landmarks)
+
+
+def select(bins: dict[tuple, _BinReservoir], max_items: int, *, kind: str, examined: int,
+           without_face: int) -> Enrolment:
+    """Up to ``max_items`` of the frames held in ``bins``, shared round-robin over the bins
+    and spread in time inside each; in bin order every :data:`HELD_OUT_EVERY`-th is held out
+    (at least one when there are two)."""
     kept = {b: r.items for b, r in bins.items()}
     chosen = _choose({b: list(range(len(v))) for b, v in kept.items()}, max_items)
     in_bin_order = [kept[b][p] for b in sorted(chosen) for p in chosen[b]]
@@ -270,9 +284,8 @@ def from_stream(src, *, seconds: float, max_items: int = MAX_VIDEO_ITEMS, progre
     if len(in_bin_order) >= 2 and not held:  # too few frames for every third: hold out the latest one
         held = {max(entry[0] for entry in in_bin_order)}
     items = [(make_item(f"frame {i}", img, lm), i in held) for i, img, lm in sorted(in_bin_order, key=lambda e: e[0])]
-    kind = "camera frames" if src.is_live else "video frames"
     return Enrolment(optimise=[it for it, h in items if not h], held_out=[it for it, h in items if h],
-                     kind=kind, examined=examined, without_face=examined - with_face)
+                     kind=kind, examined=examined, without_face=without_face)
 
 
 def from_video(path: Path, *, max_seconds: float = 60.0, max_items: int = MAX_VIDEO_ITEMS) -> Enrolment:

@@ -77,6 +77,9 @@ class FrameProcessor:
             self.engine_reason, self.engine_skipped = "given", []
         self.engine = engine
         self.profile: Profile | None = None
+        # Who wears which cloak when it is not the one profile's largest face: a callable
+        # (frame, face) -> Profile | None (`process --two-pass`: one cloak per person).
+        self.assign_cloaks = None
         if self.config.profile is not None:
             self.profile = resolve_profile(self.config.profile)
             if self.profile.crop_size != self.spec.crop_size:
@@ -143,13 +146,12 @@ class FrameProcessor:
         return trusted, hidden
 
     def verified_faces(self, frame: Frame, trusted: list[FaceTrack]) -> list[FaceTrack]:
-        """The trusted faces whose protection is verified (``hide_unverified``): the cloak
-        wearer when the profile's held-out check met its target, and every other face only
+        """The trusted faces whose protection is verified (``hide_unverified``): a cloak's
+        wearer when its profile's held-out check met its target, and every other face only
         when the model's own held-out measurement says it protects."""
-        wearer = self.cloak_wearer(frame, trusted)
-        cloak_ok = self.profile is not None and self.profile.protects
+        worn = {id(f): p for f, p in self.cloaks(frame, trusted)}
         model_ok = self.model_warning is None
-        return [f for f in trusted if (cloak_ok if f is wearer else model_ok)]
+        return [f for f in trusted if (worn[id(f)].protects if id(f) in worn else model_ok)]
 
     def _window_sets(self) -> list[FaceWindows]:
         return [self.windows]
@@ -162,11 +164,12 @@ class FrameProcessor:
         windows = [self.windows.push(frame.image, f) for f in trusted]
         t = _lap(frame, "window", t)
         if self.config.protect and trusted:
-            wearer = self.cloak_wearer(frame, trusted)
-            if wearer is not None:
-                cloak_face(wearer, self.profile.pattern, self.profile.region_grow)
-                frame.cloak_track = wearer.track_id
-            rest = [(f, w) for f, w in zip(trusted, windows) if f is not wearer]
+            wearers = self.cloaks(frame, trusted)
+            for face, profile in wearers:
+                cloak_face(face, profile.pattern, profile.region_grow)
+            if wearers:
+                frame.cloak_track = wearers[0][0].track_id
+            rest = [(f, w) for f, w in zip(trusted, windows) if not any(f is g for g, _ in wearers)]
             protected = self.run_engine(np.stack([w for _, w in rest])) if rest else []
             if protected is None:  # every engine failed: fail closed on all faces
                 trusted, hidden = [], list(frame.faces)
@@ -190,6 +193,14 @@ class FrameProcessor:
         checked = check_pattern(np.asarray(pattern, np.float32), self.profile.crop_size, self.profile.budget)
         self.profile = dataclasses.replace(self.profile, pattern=checked)
         self._event(logging.INFO, "cloak refined on recent frames and swapped in")
+
+    def cloaks(self, frame: Frame, trusted: list[FaceTrack]) -> list[tuple[FaceTrack, Profile]]:
+        """(face, profile) for every trusted face that wears a cloak in this frame: the
+        largest face with the one profile, or whatever ``assign_cloaks`` says."""
+        if self.assign_cloaks is not None:
+            return [(f, p) for f in trusted if (p := self.assign_cloaks(frame, f)) is not None]
+        wearer = self.cloak_wearer(frame, trusted)
+        return [] if wearer is None else [(wearer, self.profile)]
 
     def cloak_wearer(self, frame: Frame, trusted: list[FaceTrack]) -> FaceTrack | None:
         """The face that wears the profile's cloak: the largest face of the frame (lost and

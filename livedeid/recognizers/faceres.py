@@ -50,7 +50,6 @@ from pathlib import Path
 import numpy as np
 
 from livedeid.core.errors import UserError
-from livedeid.core.geometry import similarity_fit
 from livedeid.recognizers.base import Recognizer, package_dir, require_package
 
 MODEL_DIR = "faceres"
@@ -106,20 +105,9 @@ class FaceresRecognizer(Recognizer):
         self._module = None
 
     def face_chips(self, image_bgr: np.ndarray):
-        import cv2
+        from livedeid.recognizers.sface import yunet_chips
 
-        boxes, _, kps = self.detector.detect(image_bgr)
-        out = []
-        h, w = image_bgr.shape[:2]
-        for box, pts in zip(boxes, kps):
-            m = similarity_fit(pts, FACERES_224)
-            chip = cv2.warpAffine(image_bgr, m, (self.chip_size, self.chip_size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            x0, y0, x1, y1 = box
-            ibox = (max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0),
-                    min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h))
-            out.append((ibox, np.ascontiguousarray(chip[:, :, ::-1]), m))
-        return out
+        return yunet_chips(self.detector, image_bgr, FACERES_224, self.chip_size)
 
     def embed_chips(self, chips_rgb: np.ndarray) -> np.ndarray:
         import torch

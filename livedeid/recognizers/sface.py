@@ -96,6 +96,26 @@ class YuNet:
         return boxes[order], scores[order], kps[order]
 
 
+def yunet_chips(detector: "YuNet", image_bgr: np.ndarray, template: np.ndarray, chip_size: int):
+    """``(box, chip RGB uint8, 2x3 image->chip)`` of every face YuNet finds, aligned by a
+    similarity of its five points onto ``template`` (chip pixels): SFace's and faceres'
+    evaluator alignment."""
+    import cv2
+
+    boxes, _, kps = detector.detect(image_bgr)
+    out = []
+    h, w = image_bgr.shape[:2]
+    for box, pts in zip(boxes, kps):
+        m = similarity_fit(pts, template)
+        chip = cv2.warpAffine(image_bgr, m, (chip_size, chip_size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        x0, y0, x1, y1 = box
+        ibox = (max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0),
+                min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h))
+        out.append((ibox, np.ascontiguousarray(chip[:, :, ::-1]), m))
+    return out
+
+
 class SFaceRecognizer(Recognizer):
     """OpenCV-zoo SFace (int8 block-quantised, 128-d) with YuNet detection and 5-point
     ArcFace alignment, all in ONNX Runtime; see the module docstring for why."""
@@ -123,20 +143,7 @@ class SFaceRecognizer(Recognizer):
         self.detector = YuNet(self.yunet_path, score_threshold=score_threshold)
 
     def face_chips(self, image_bgr: np.ndarray):
-        import cv2
-
-        boxes, _, kps = self.detector.detect(image_bgr)
-        out = []
-        h, w = image_bgr.shape[:2]
-        for box, pts in zip(boxes, kps):
-            m = similarity_fit(pts, ARCFACE_112)
-            chip = cv2.warpAffine(image_bgr, m, (self.chip_size, self.chip_size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            x0, y0, x1, y1 = box
-            ibox = (max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0),
-                    min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h))
-            out.append((ibox, np.ascontiguousarray(chip[:, :, ::-1]), m))
-        return out
+        return yunet_chips(self.detector, image_bgr, ARCFACE_112, self.chip_size)
 
     def embed_chips(self, chips_rgb: np.ndarray) -> np.ndarray:
         chips = np.asarray(chips_rgb)
