@@ -203,3 +203,27 @@ def test_two_pass_refuses_a_profile_before_any_work(tmp_path, astronaut_bgr):
     rc, _, err = run_cli("process", clip, tmp_path / "out.mp4", "--two-pass", "--profile", "someone")
     assert_one_line_error(rc, err, "--two-pass makes a cloak per person")
     assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_eval_cloak_runs_the_protocol_on_held_out_photos(tmp_path):
+    import json
+
+    faces = data_path("faces", "celebrities")
+    rc, stdout, err = run_cli("eval", faces, "--cloak", "--people", "1", "--min-photos", "8", "--cloak-steps", "2",
+                              "--recognizers", "dlib,sface", "--out", tmp_path, "-q", timeout=600)
+    assert rc == 0, err
+    result = json.loads((tmp_path / "cloak.json").read_text())
+    (person,) = result["people"]
+    assert (person["enrol"], person["probes"]) == (4, 4), "enrol on the first half, probe the other"
+    for key in ("clean", "cloak"):
+        for fig in result["pooled"][key]["recognizers"].values():
+            assert 0.0 <= fig["gallery_match"] <= 1.0 and fig["detection"] > 0
+    assert all(f["gallery_match"] == 1.0 for f in result["pooled"]["clean"]["recognizers"].values())
+    assert "cloak" in stdout and (tmp_path / "cloak.md").is_file()
+
+
+def test_eval_cloak_bad_options_are_one_line(tmp_path):
+    rc, _, err = run_cli("eval", tmp_path, "--cloak", "--codec", "fast")
+    assert_one_line_error(rc, err, "--codec")

@@ -40,11 +40,59 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--per-identity", type=int, default=None, metavar="N",
                     help="use only the first N photos of each identity (natural name order)")
     ev.add_argument("--clip-seconds", type=float, default=12.0, help="length of generated clips (default 12 s)")
+    ev.add_argument("--cloak", action="store_true",
+                    help="the personal-cloak protocol instead: per person with --min-photos photos, enrol on the "
+                         "first half, cloak the other half through the run-time path and judge it against the "
+                         "clean first half (gallery match, same-photo match, detection, PSNR/SSIM); writes "
+                         "cloak.md and cloak.json (needs the enrol extra; minutes per person)")
+    ev.add_argument("--min-photos", type=int, default=4, help="with --cloak: people with at least this many photos")
+    ev.add_argument("--people", type=int, default=0, help="with --cloak: only the first N such people (0 = all)")
+    ev.add_argument("--cloak-steps", type=int, default=None, help="with --cloak: optimisation steps per person")
+    ev.add_argument("--loo", action="store_true",
+                    help="with --cloak: also leave-one-out transfer (optimised on dlib alone, on SFace alone)")
+    ev.add_argument("--codec", default=None, metavar="KBPS[,KBPS...]",
+                    help="with --cloak: also judge after a 720p H.264 call at these bitrates, e.g. 1500,600")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
 
+def cmd_eval_cloak(args) -> int:
+    """`eval --cloak`: :func:`livedeid.cloak.protocol.run_protocol` with the optimiser's defaults."""
+    import importlib.util
+
+    from livedeid.cloak.protocol import parse_kbps, run_protocol, write_result
+
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("eval --cloak optimises cloaks and needs torch: pip install 'livedeid[enrol]'")
+    if not args.dataset.is_dir():
+        raise UserError(f"dataset folder not found: {args.dataset}")
+    if args.cloak_steps is not None and not 1 <= args.cloak_steps <= 100_000:
+        raise UserError("--cloak-steps must be 1..100000")
+    try:
+        codec = parse_kbps(args.codec) if args.codec else None
+    except ValueError:
+        raise UserError(f"--codec must be positive bitrates in kbit/s, e.g. 1500,600 (got {args.codec!r})") from None
+    from livedeid.cloak.optimise import CloakSettings
+
+    settings = CloakSettings()
+    if args.cloak_steps is not None:
+        settings.steps = args.cloak_steps
+    judges = args.recognizers.split(",") if args.recognizers else ["dlib", "sface", "faceres"]
+    result = run_protocol(args.dataset, settings, judges, min_photos=args.min_photos, people=args.people,
+                          loo=args.loo, codec=codec, say=(lambda t: None) if args.quiet else print)
+    result = {"recipe": "eval --cloak", "command": "livedeid eval --cloak " + str(args.dataset), **result}
+    md = write_result(result, args.out, "cloak")
+    for key, v in result["pooled"].items():
+        figs = "  ".join(f"{n}: gallery {100 * r['gallery_match']:5.1f} same {100 * r['same_photo_match']:5.1f} "
+                         f"det {100 * r['detection']:5.1f}" for n, r in v["recognizers"].items())
+        print(f"{key:<18} PSNR {v['psnr_db']:6.2f} dB  SSIM {v['ssim']:.3f}  {figs}")
+    print(f"wrote {md} and {md.with_suffix('.json')}")
+    return 0
+
+
 def cmd_eval(args) -> int:
+    if args.cloak:
+        return cmd_eval_cloak(args)
     from livedeid.evaluation.pulse import synthetic_clips, video_clips
     from livedeid.evaluation.runs import run_eval
 
