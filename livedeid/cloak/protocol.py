@@ -97,7 +97,9 @@ def pooled(rows: list[dict], key: str) -> dict:
         det = [r[key]["recognizers"][name]["detection"] for r in rows]
         hit = [f * d if f else 0.0 for f, d in zip(found, det)]
         agg = {"probes": int(sum(found)), "detection": sum(hit) / max(sum(found), 1)}
-        for m in ("gallery_match", "gallery_any_match", "same_photo_match"):
+        for m in ("gallery_match", "gallery_any_match", "same_photo_match", "top1"):
+            if not all(m in r[key]["recognizers"][name] for r in rows):
+                continue  # top-1 only where every identity's centre was given
             vals = [r[key]["recognizers"][name][m] for r in rows]
             agg[m] = sum(v * h for v, h in zip(vals, hit) if h) / max(sum(hit), 1e-9)
         clean = [r[key]["recognizers"][name]["clean_gallery_match"] for r in rows]
@@ -123,7 +125,8 @@ def _pct(x) -> str:
 
 def markdown(result: dict) -> str:
     names = list(result["pooled"]["cloak"]["recognizers"])
-    head = ["person", "enrol/probe", "method", "s"] + [f"{n} {m}" for n in names for m in ("gallery", "same-photo", "det")]
+    head = ["person", "enrol/probe", "method", "s"] + [f"{n} {m}" for n in names
+                                                       for m in ("gallery", "same-photo", "top-1", "det")]
     lines = [f"# Cloak probe: {result.get('recipe', 'cloak')}", "", f"`{result.get('command', '')}`", "",
              f"Settings: `{json.dumps(result['settings'])}`", "",
              "| " + " | ".join(head + ["PSNR dB", "SSIM"]) + " |", "|" + "---|" * (len(head) + 2)]
@@ -132,7 +135,7 @@ def markdown(result: dict) -> str:
         cells = [label, counts, method, secs]
         for n in names:
             r = v["recognizers"][n]
-            cells += [_pct(r["gallery_match"]), _pct(r["same_photo_match"]), _pct(r["detection"])]
+            cells += [_pct(r["gallery_match"]), _pct(r["same_photo_match"]), _pct(r.get("top1")), _pct(r["detection"])]
         cells += [f"{v['psnr_db']:.1f}", f"{v['ssim']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
 
@@ -148,7 +151,9 @@ def markdown(result: dict) -> str:
     for key, v in result["pooled"].items():
         row("**pooled**", "", _label(key), "", v)
     lines += ["", "gallery = cloaked probe matches the centre of the clean enrolment photos' embeddings at the "
-              "recogniser's threshold; same-photo = matches its own clean version; det = the recogniser still "
+              "recogniser's threshold; same-photo = matches its own clean version; top-1 = the person's own centre "
+              "scores best among every identity's (chance: one over the identities; '-' where not measured); "
+              "det = the recogniser still "
               "finds the face (match rates are over the faces found). 'only X' = optimised against X alone "
               "(leave-one-out transfer: read the other recogniser's columns)."]
     if "codec" in result:
@@ -167,8 +172,9 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
     the optimiser's ``settings`` (:class:`~livedeid.cloak.optimise.CloakSettings`); the
     result: ``settings``, per-person ``people`` rows and ``pooled`` figures per method."""
     from livedeid.cloak.optimise import optimise_cloak
-    from livedeid.cloak.verify import verify_cloak
+    from livedeid.cloak.verify import identity_centre, verify_cloak
     from livedeid.evaluation.photos import identity_photos, read_image
+    from livedeid.recognizers.base import get_recognizer
 
     s = settings
     by_person: dict[str, list] = {}
@@ -179,6 +185,16 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
         chosen = chosen[:people]
     if not chosen:
         raise UserError(f"no identity in {faces} has {min_photos} or more photos")
+
+    # Closed-set top-1: the attacker's gallery holds every identity. The person under test is
+    # represented by their enrolment half (inside verify), everyone else by all their photos.
+    say(f"gallery centres of {len(by_person)} identities for top-1 ...")
+    recs = {n: get_recognizer(n) for n in judges}
+    centres = {n: {ident: identity_centre(rec, [read_image(p) for p in paths]) for ident, paths in by_person.items()}
+               for n, rec in recs.items()}
+
+    def others_of(person):
+        return {n: [c for ident, c in per.items() if ident != person and c is not None] for n, per in centres.items()}
 
     def show(entry):
         match = {n: v["plain"]["centre"] for n, v in entry["held_out_match"].items()}
@@ -195,8 +211,9 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
         row = {"person": person, "enrol": k, "probes": len(probes), "seconds": time.perf_counter() - t0,
                "stopped_early": res.stopped_early, "history": res.history,
                "pattern_max": float(np.abs(res.pattern).max() * 255),
-               "cloak": verify_cloak(res.pattern, probes, enrol, judges, grow=s.grow),
-               "clean": verify_cloak(np.zeros_like(res.pattern), probes, enrol, judges, grow=s.grow)}
+               "cloak": verify_cloak(res.pattern, probes, enrol, judges, grow=s.grow, others=others_of(person)),
+               "clean": verify_cloak(np.zeros_like(res.pattern), probes, enrol, judges, grow=s.grow,
+                                     others=others_of(person))}
         if loo:
             for only in ("dlib", "sface"):
                 t1 = time.perf_counter()

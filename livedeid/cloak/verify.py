@@ -19,6 +19,10 @@ Per recogniser
       the mean of the unit embeddings). ``gallery_any_match``: share matching *any*
       single gallery photo (a stricter attacker). ``clean_gallery_match``: the same
       centre rule for the clean probes (what the cloak has to undo).
+    * ``top1`` (only when the other identities' gallery centres are given): share of found
+      cloaked probes whose best-scoring centre among every identity's is the person's own
+      (closed-set identification; chance is one over the identities); ``clean_top1`` the same
+      for the clean probes.
     * ``same_photo_match``: share of found cloaked probes matching their own clean
       version.
 Quality: face PSNR (pooled MSE) and SSIM on the face-oval polygon, as ``livedeid eval``.
@@ -74,9 +78,11 @@ def _rate(flags: list[bool]) -> float:
     return float(np.mean(flags)) if flags else float("nan")
 
 
-def _judge(rec, gallery_emb: list, clean: list, cloaked: list) -> dict:
+def _judge(rec, gallery_emb: list, clean: list, cloaked: list, others: list | None = None) -> dict:
     """One recogniser's figures (module docstring) from per-probe embeddings (None =
-    not found) and the clean gallery's embeddings."""
+    not found) and the clean gallery's embeddings; with ``others`` (the centres of every
+    other identity's clean gallery) also closed-set top-1: the probe's best-scoring centre
+    is the person's own."""
     if not gallery_emb:
         raise UserError(f"{rec.name} finds no face in any gallery image; cannot verify against it")
     centre = _centre(rec, gallery_emb)
@@ -91,7 +97,21 @@ def _judge(rec, gallery_emb: list, clean: list, cloaked: list) -> dict:
         "gallery_any_match": _rate([bool((score_matrix(rec, p[None], g) >= thr).any()) for _, p in hit]),
         "clean_gallery_match": _rate([rec.score(c, centre) >= thr for c, _ in found]),
         "same_photo_match": _rate([rec.is_match(p, c) for c, p in hit]),
+        **({} if not others else {
+            "top1": _rate([_is_top1(rec, p, centre, others) for _, p in hit]),
+            "clean_top1": _rate([_is_top1(rec, c, centre, others) for c, _ in found]),
+            "identities": len(others) + 1}),
     }
+
+
+def _is_top1(rec, probe: np.ndarray, own: np.ndarray, others: list) -> bool:
+    return rec.score(probe, own) > max(rec.score(probe, o) for o in others)
+
+
+def identity_centre(rec, images: list[np.ndarray]) -> np.ndarray | None:
+    """The centre of one identity's clean gallery for ``rec`` (None: no face found)."""
+    emb = _gallery_embeddings(rec, images)
+    return _centre(rec, emb) if emb else None
 
 
 def _gallery_embeddings(rec, gallery: list[np.ndarray]) -> list[np.ndarray]:
@@ -106,11 +126,12 @@ def _gallery_embeddings(rec, gallery: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def verify_cloak(pattern: np.ndarray, probes: list[np.ndarray], gallery: list[np.ndarray],
-                 recognizers=None, grow: float = 0.0) -> dict:
+                 recognizers=None, grow: float = 0.0, others: dict | None = None) -> dict:
     """Verify ``pattern`` (3, S, S) on ``probes`` (BGR images of the person the
     optimisation never saw) against ``gallery`` (other clean BGR images of the person)
     with the real ``recognizers`` (names or :class:`Recognizer` objects; default dlib and
-    SFace), the cloak laid under the face oval grown by ``grow``. Returns ``{"recognizers": {name: {...}}, "psnr_db", "ssim", "cloaked",
+    SFace), the cloak laid under the face oval grown by ``grow``; ``others`` (recogniser
+    name -> centres of the other identities' galleries) adds closed-set top-1. Returns ``{"recognizers": {name: {...}}, "psnr_db", "ssim", "cloaked",
     "probes", "protects", "target"}`` (figures defined in the module docstring)."""
     if not probes or not gallery:
         raise UserError("verifying a cloak needs at least one probe and one gallery image")
@@ -123,10 +144,11 @@ def verify_cloak(pattern: np.ndarray, probes: list[np.ndarray], gallery: list[np
         # verification cannot vouch for it, so it counts against "protects" (pairs < probes).
         if out is not None and region is not None:
             pairs.append((img, out, region))
-    return judge_outputs(pairs, gallery, recognizers, probes=len(probes))
+    return judge_outputs(pairs, gallery, recognizers, probes=len(probes), others=others)
 
 
-def judge_outputs(pairs: list, gallery: list[np.ndarray], recognizers=None, probes: int | None = None) -> dict:
+def judge_outputs(pairs: list, gallery: list[np.ndarray], recognizers=None, probes: int | None = None,
+                  others: dict | None = None) -> dict:
     """The figures of :func:`verify_cloak` for protected images that already exist:
     ``pairs`` of (clean BGR image, protected BGR image, the face's
     :class:`~livedeid.evaluation.baselines.FaceRegion` in the clean image), e.g. the
@@ -147,7 +169,8 @@ def judge_outputs(pairs: list, gallery: list[np.ndarray], recognizers=None, prob
         for r in recs:
             clean[r.name].append(embed_region_face(r, img, region))
             cloaked[r.name].append(embed_region_face(r, out, region))
-    per_rec = {r.name: _judge(r, _gallery_embeddings(r, gallery), clean[r.name], cloaked[r.name]) for r in recs}
+    per_rec = {r.name: _judge(r, _gallery_embeddings(r, gallery), clean[r.name], cloaked[r.name],
+                              (others or {}).get(r.name)) for r in recs}
     probes = len(pairs) if probes is None else probes
     protects = bool(pairs) and len(pairs) == probes and all(
         v["detection"] > 0 and v["gallery_match"] <= TARGET for v in per_rec.values())
