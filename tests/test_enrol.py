@@ -221,6 +221,8 @@ def test_eval_cloak_runs_the_protocol_on_held_out_photos(tmp_path):
         for fig in result["pooled"][key]["recognizers"].values():
             assert 0.0 <= fig["gallery_match"] <= 1.0 and fig["detection"] > 0
     assert all(f["gallery_match"] == 1.0 for f in result["pooled"]["clean"]["recognizers"].values())
+    for fig in result["pooled"]["clean"]["recognizers"].values():
+        assert fig["top1"] >= 0.75, "clean probes are identified among the 13 identities"
     assert "cloak" in stdout and (tmp_path / "cloak.md").is_file()
 
 

@@ -243,6 +243,7 @@ def test_privacy_meter_gives_a_verdict(patient, qtbot):
 def test_protection_off_warns_and_stops_the_virtual_camera(patient, qtbot):
     window, _ = patient
     tab, outputs = window.patient_tab, window.patient_tab.outputs
+    qtbot.waitUntil(lambda: tab.worker.hub is not None, timeout=20000)  # the worker builds its outputs first
     hub = tab.worker.hub
     qtbot.waitUntil(lambda: hub.camera is not None and RecordingBackend.instances[-1].frames > 5, timeout=20000)
     cam = RecordingBackend.instances[-1]
@@ -292,6 +293,7 @@ def test_protection_off_warns_and_stops_the_virtual_camera(patient, qtbot):
 def test_virtual_camera_switch_and_missing_device(patient, qtbot):
     window, _ = patient
     tab, outputs = window.patient_tab, window.patient_tab.outputs
+    qtbot.waitUntil(lambda: tab.worker.hub is not None, timeout=20000)  # the worker builds its outputs first
     hub = tab.worker.hub
     qtbot.waitUntil(lambda: hub.camera is not None, timeout=10000)
     cam = RecordingBackend.instances[-1]

@@ -35,7 +35,7 @@ from livedeid.io.profile import check_name, default_path, save_profile
 from livedeid.panel.common import FaceView
 from livedeid.panel.enrol_result import VerificationBox, pct
 from livedeid.panel.video import Pane
-from livedeid.panel.widgets import VIDEO_FILES, icon, select_data
+from livedeid.panel.widgets import VIDEO_FILES, fill_source_combo, icon, select_data
 from livedeid.panel.workers import EnrolRequest, EnrolWorker
 
 if TYPE_CHECKING:
@@ -178,19 +178,10 @@ class EnrolTab(QWidget):
         self._populate_sources()
 
     def _populate_sources(self) -> None:
-        combo = self.source_combo
-        combo.blockSignals(True)
-        combo.clear()
-        for c in self.cameras:
-            combo.addItem(icon("camera"), c.label, str(c.index))
-        combo.addItem("Built-in clip (synthetic face)", CLIP)
-        if combo.findData(self.source) < 0:
-            kind = "photo folder" if Path(self.source).is_dir() else "video file"
-            combo.addItem(icon("file"), f"{kind}: {Path(self.source).name}", self.source)
-        combo.addItem(icon("file"), "Video file...", PICK_FILE)
-        combo.addItem(icon("file"), "Photo folder...", PICK_FOLDER)
-        select_data(combo, self.source)
-        combo.blockSignals(False)
+        kind = "photo folder" if Path(self.source).is_dir() else "video file"
+        fill_source_combo(self.source_combo, self.cameras, ("Built-in clip (synthetic face)", CLIP), self.source,
+                          f"{kind}: {Path(self.source).name}",
+                          [("Video file...", PICK_FILE), ("Photo folder...", PICK_FOLDER)])
 
     def _on_source_chosen(self, index: int) -> None:
         spec = self.source_combo.itemData(index)

@@ -29,7 +29,15 @@ from livedeid.panel.meter import PrivacyMeter
 from livedeid.panel.meter_box import PrivacyMeterBox
 from livedeid.panel.output_box import OutputBox
 from livedeid.panel.video import Pane
-from livedeid.panel.widgets import SYNTHETIC_SPEC, VIDEO_FILES, icon, repolish, select_data, source_label
+from livedeid.panel.widgets import (
+    SYNTHETIC_SPEC,
+    VIDEO_FILES,
+    fill_source_combo,
+    icon,
+    repolish,
+    select_data,
+    source_label,
+)
 from livedeid.panel.workers import PanelSettings, PipelineWorker, SourceOpener
 
 if TYPE_CHECKING:
@@ -196,19 +204,9 @@ class PatientTab(QWidget):
             self.restart_pipeline()
 
     def _populate_sources(self) -> None:
-        combo = self.source_combo
-        combo.blockSignals(True)
-        combo.clear()
-        for c in self.cameras:
-            combo.addItem(icon("camera"), c.label, str(c.index))
-        combo.addItem(source_label(SYNTHETIC_SPEC), SYNTHETIC_SPEC)
         current = self.settings.source
-        if current is not None and combo.findData(current) < 0:
-            combo.addItem(source_label(current), current)
-        combo.addItem(icon("file"), "Video file...", PICK_FILE)
-        if current is not None:
-            select_data(combo, current)
-        combo.blockSignals(False)
+        fill_source_combo(self.source_combo, self.cameras, (source_label(SYNTHETIC_SPEC), SYNTHETIC_SPEC), current,
+                          source_label(current) if current is not None else "", [("Video file...", PICK_FILE)])
 
     def _on_source_chosen(self, index: int) -> None:
         spec = self.source_combo.itemData(index)

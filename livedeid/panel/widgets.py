@@ -60,6 +60,26 @@ def select_data(combo: QComboBox, data, add: bool = False, label: str | None = N
         combo.setCurrentIndex(i)
 
 
+def fill_source_combo(combo: QComboBox, cameras: list, clip: tuple[str, str], current: str | None,
+                      current_label: str, pickers: list[tuple[str, str]]) -> None:
+    """The source chooser of the Protect and Enrol tabs: the cameras, the built-in clip
+    (``clip`` = (label, spec)), the current choice when it is none of those (as
+    ``current_label``), then the pickers ((label, marker) items that open a file dialog);
+    the current choice selected, without emitting a change."""
+    combo.blockSignals(True)
+    combo.clear()
+    for c in cameras:
+        combo.addItem(icon("camera"), c.label, str(c.index))
+    combo.addItem(clip[0], clip[1])
+    if current is not None and combo.findData(current) < 0:
+        combo.addItem(icon("file"), current_label, current)
+    for label, marker in pickers:
+        combo.addItem(icon("file"), label, marker)
+    if current is not None:
+        select_data(combo, current)
+    combo.blockSignals(False)
+
+
 def source_label(spec: str) -> str:
     """A source spec (camera index, synthetic[:HR], file path) in words."""
     if spec.isdigit():
