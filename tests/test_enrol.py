@@ -10,7 +10,7 @@ from conftest import assert_one_line_error, data_path, run_cli
 
 from livedeid.cloak.enrolment import GUIDE, _BinReservoir, from_stream, from_video, gather, guide_at, pose_estimate
 from livedeid.core.errors import UserError
-from livedeid.io.profile import load_profile, resolve_profile
+from livedeid.io.profile import DEFAULT_BUDGET, load_profile, resolve_profile
 from livedeid.protect.windows import extract_crop
 from livedeid.tracking.mesh import alignment
 from livedeid.tracking.still import still_landmarks
@@ -90,8 +90,9 @@ def test_enrol_on_photos_writes_a_verified_profile_that_loads(tmp_path, monkeypa
     assert "held-out check: 3 ada images" in out
     assert ("PROTECTS" in out) != ("NOT PROTECTING" in out), out
     profile = resolve_profile("ada")
-    assert profile.name == "ada" and profile.budget == pytest.approx(8 / 255)
-    assert np.abs(profile.pattern).max() <= 8 / 255 + 1e-6 and np.abs(profile.pattern).max() > 0
+    assert profile.name == "ada" and profile.budget == pytest.approx(DEFAULT_BUDGET)
+    assert np.abs(profile.pattern).max() <= DEFAULT_BUDGET + 1e-6 and np.abs(profile.pattern).max() > 0
+    assert profile.region_grow == pytest.approx(0.25), "the cloak's region is recorded with it"
     v = profile.verification
     assert set(v["recognizers"]) == {"dlib", "sface"}
     for name, fig in v["recognizers"].items():
