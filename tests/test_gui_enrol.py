@@ -78,7 +78,7 @@ def test_a_live_recording_shows_the_guide_and_cancel_stops_it(window, qtbot):
             seen.add(tab.instruction.text())
         return len(seen) >= 2
 
-    qtbot.waitUntil(two_instructions, timeout=40000)
+    qtbot.waitUntil(two_instructions, timeout=120000)
     assert seen <= {text for _, text in GUIDE}, seen
     assert window.video.frames_shown > shown and window.video.panes[0].caption.startswith("ENROLMENT - ")
     assert tab.coverage.text().startswith("faces ") and "pose bins" in tab.coverage.text()
@@ -86,7 +86,7 @@ def test_a_live_recording_shows_the_guide_and_cancel_stops_it(window, qtbot):
 
     tab.cancel_button.click()
     assert tab.status.text().startswith("Cancelling")
-    _wait_done(qtbot, tab, 10000)
+    _wait_done(qtbot, tab, 30000)
     assert not worker.alive and worker.state == "stopped" and worker.profile is None
     assert tab.status.text() == "Enrolment cancelled; nothing was saved."
     assert tab.start_button.isEnabled() and not tab.result.save_button.isEnabled()
@@ -94,13 +94,14 @@ def test_a_live_recording_shows_the_guide_and_cancel_stops_it(window, qtbot):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)  # CPU-bound: a loaded 2-core runner is several times slower than an idle one
 def test_the_clip_enrols_and_shows_the_verification(window, qtbot, artifacts):
     tab = window.enrol_tab
     tab.live_clip, tab.seconds, tab.steps = False, RECORD_SECONDS, STEPS
     tab.name_edit.setText("clip")
     tab.start_button.click()
     assert tab.worker is not None
-    _wait_done(qtbot, tab, 85000)
+    _wait_done(qtbot, tab, 240000)
     assert tab.status.property("error") is not True, tab.status.text()
     profile = tab.profile
     assert profile is not None and profile.name == "clip" and profile.settings["steps"] == STEPS
@@ -147,7 +148,7 @@ def test_the_profile_is_saved_and_worn_by_the_patients_pipeline(window, qtbot):
     assert ("NOT verified" in tab.status.text()) == (not tab.profile.protects)
 
     window.set_mode("patient")
-    qtbot.waitUntil(lambda: patient.worker is not None and patient.worker.state == "running", timeout=60000)
+    qtbot.waitUntil(lambda: patient.worker is not None and patient.worker.state == "running", timeout=120000)
     assert patient.worker.processor.profile.name == "clip"
     window.set_mode("enrol")
     assert patient.worker is None

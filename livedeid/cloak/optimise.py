@@ -236,7 +236,9 @@ def held_out_check(heads, pattern: torch.Tensor, crops: torch.Tensor, refs: dict
             emb = head(view)
             sc, so = head.score(emb, centre.expand_as(emb)), head.score(emb, own)
             rec[view_name] = {"centre": float((sc >= head.score_threshold).float().mean()),
-                              "own": float((so >= head.score_threshold).float().mean())}
+                              "own": float((so >= head.score_threshold).float().mean()),
+                              # how far past the threshold on average (negative: beyond it); breaks ties
+                              "excess": float((torch.cat([sc, so]) - head.score_threshold).mean())}
             limit = head.score_threshold - s.stop_margin
             safe = safe and bool((sc < limit).all()) and bool((so < limit).all())
         info[head.name] = rec

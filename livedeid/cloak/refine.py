@@ -118,8 +118,11 @@ def _refs(heads, crops):
     return out
 
 
-def _badness(info: dict) -> float:
-    return sum(v["centre"] + v["own"] for rec in info.values() for v in rec.values())
+def _badness(info: dict) -> tuple[float, float]:
+    """(share of held-out crops still matching, summed over recognisers and views; their mean
+    excess over the thresholds): a cloak is better when fewer match, or as many match by less."""
+    return (sum(v["centre"] + v["own"] for rec in info.values() for v in rec.values()),
+            sum(v["excess"] for rec in info.values() for v in rec.values()))
 
 
 class CloakRefiner:
