@@ -16,7 +16,7 @@ The clean clip itself is scored too (mode ``input``, no protection) as the contr
 each recogniser can find and match when nothing protects the faces. Scores are those of
 :mod:`livedeid.evaluation.leaks`: leaked frames per recogniser (dlib, SFace on the output, matched to
 the clean photo at the standard threshold), raw frames (a visible face's core untouched),
-hidden frames and PSNR. Prints one table and writes ``torture.json`` and ``torture.md``
+hidden frames, hidden face-frames, the re-acquisition delay and PSNR. Prints one table and writes ``torture.json`` and ``torture.md``
 into ``--out``.
 """
 from __future__ import annotations
@@ -34,66 +34,13 @@ from pathlib import Path
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from livedeid.core.settings import PipelineConfig
-from livedeid.evaluation.leaks import OutputFrame, protection_summary, recognizer_leaks, reference_embeddings  # noqa: E402
+from livedeid.evaluation.clip_run import MODES, run_clip  # noqa: E402
+from livedeid.evaluation.leaks import protection_summary, recognizer_leaks, reference_embeddings  # noqa: E402
 from livedeid.evaluation.report import shown_path
 from livedeid.evaluation.torture import SCENARIOS_BY_NAME, Clip, make_torture_set  # noqa: E402
-from livedeid.io.sinks import NullSink  # noqa: E402
-from livedeid.io.sources import FileSource, LiveSimulation, Source  # noqa: E402
-from livedeid.pipeline.factory import build_processor  # noqa: E402
-from livedeid.pipeline.runner import Pipeline  # noqa: E402
 from livedeid.recognizers.base import get_recognizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-MODES = ("process", "live")
-
-
-class ClipPosition(Source):
-    """A live simulation whose frames carry their position in the clip as ``index``, so
-    each output frame meets its own ground truth. LiveSimulation stamps clip frame k with
-    its due time t0 + k / fps and delivers frame 0 first; t0 is taken here, before any
-    queue can drop that frame."""
-
-    is_live = True
-
-    def __init__(self, live: LiveSimulation):
-        self.live = live
-        self.fps, self.size, self.description = live.fps, live.size, live.description
-        self._t0: float | None = None
-
-    def read(self):
-        frame = self.live.read()
-        if frame is not None:
-            if self._t0 is None:
-                self._t0 = frame.timestamp
-            frame.index = round((frame.timestamp - self._t0) * self.fps)
-        return frame
-
-    def close(self) -> None:
-        self.live.close()
-
-
-def run_pipeline(clip: Clip, mode: str) -> tuple[list[OutputFrame], dict]:
-    """Every frame the pipeline finished, with what it was given and what it sent on."""
-    if mode == "input":
-        with FileSource(clip.path) as source:
-            return [OutputFrame(f.index, f.image, f.image) for f in source], {"engine": "none (clean clip)"}
-    if mode == "live":
-        source = ClipPosition(LiveSimulation(lambda: FileSource(clip.path)))
-    else:
-        source = FileSource(clip.path)
-    processor = build_processor(PipelineConfig())
-    frames: list[OutputFrame] = []
-
-    def keep(frame, _processor):
-        frames.append(OutputFrame(frame.index, frame.image, frame.output, len(frame.faces),
-                                  frame.fail_closed_regions))
-
-    result = Pipeline(source, processor, [NullSink()], [keep]).run()
-    return frames, {"engine": result.engine, "dropped": result.stats["dropped"], "fps": result.stats["fps"],
-                    "model_warning": processor.warning}
-
 
 def _ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
@@ -118,7 +65,7 @@ def score_clip(clip: Clip, modes: list[str], recognizers: list, refs: dict) -> t
     rows, runs = [], {}
     for mode in ["input", *modes]:
         t0 = time.perf_counter()
-        frames, info = run_pipeline(clip, mode)
+        frames, info = run_clip(clip.path, mode)
         summary = protection_summary(frames, clip.frames)
         run = {**info, **summary, "clip_frames": len(clip.frames),
                "psnr_frame_db": _json_db(summary["psnr_frame_db"]),
@@ -129,12 +76,16 @@ def score_clip(clip: Clip, modes: list[str], recognizers: list, refs: dict) -> t
             rows.append({"scenario": clip.scenario.name, "mode": mode, "recognizer": rec.name,
                          "frames": summary["frames"], "clip_frames": len(clip.frames),
                          "detected": leaks["detected"], "leaked": leaks["leaked"], "raw": summary["raw"],
-                         "hidden": summary["hidden"], "psnr_frame_db": run["psnr_frame_db"],
+                         "hidden": summary["hidden"], "hidden_face_frames": summary["hidden_face_frames"],
+                         "reacq_max": summary["reacquisition"]["max"],
+                         "reacq_never": summary["reacquisition"]["never"],
+                         "psnr_frame_db": run["psnr_frame_db"],
                          "psnr_face_db": run["psnr_face_db"], "best_score": leaks["best_score"],
                          "threshold": leaks["threshold"]})
         runs[mode] = run
         print(f"  {clip.scenario.name:22s} {mode:8s} {summary['frames']:4d} frames, raw {summary['raw']}, "
-              f"hidden {summary['hidden']}, "
+              f"hidden {summary['hidden']}, re-acquired within {summary['reacquisition']['max']} "
+              f"(never {summary['reacquisition']['never']}), "
               + ", ".join(f"{k} leaked {v['leaked']}/{v['detected']}" for k, v in run["recognizers"].items())
               + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
         del frames
@@ -149,20 +100,24 @@ def totals(rows: list[dict]) -> list[dict]:
             sel = [r for r in rows if r["mode"] == mode and r["recognizer"] == rec]
             out.append({"scenario": "ALL", "mode": mode, "recognizer": rec,
                         **{k: sum(r[k] for r in sel) for k in ("frames", "clip_frames", "detected", "leaked",
-                                                                 "raw", "hidden")},
+                                                                 "raw", "hidden", "hidden_face_frames",
+                                                                 "reacq_never")},
+                        "reacq_max": max((r["reacq_max"] for r in sel if r["reacq_max"] is not None), default=None),
                         "psnr_frame_db": None, "psnr_face_db": None, "best_score": None, "threshold": None})
     return out
 
 
 def table(rows: list[dict]) -> str:
     head = ("scenario", "mode", "recogniser", "frames", "detected", "leaked", "raw", "hidden",
-            "PSNR frame dB", "PSNR face dB")
+            "hidden face-frames", "re-acquired within (never)", "PSNR frame dB", "PSNR face dB")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         frames = f"{r['frames']}/{r['clip_frames']}" if r["frames"] != r["clip_frames"] else str(r["frames"])
         lines.append("| " + " | ".join([
             r["scenario"], r["mode"], r["recognizer"], frames, str(r["detected"]), str(r["leaked"]), str(r["raw"]),
-            str(r["hidden"]), "" if r["scenario"] == "ALL" else _db(r["psnr_frame_db"]),
+            str(r["hidden"]), str(r["hidden_face_frames"]),
+            f"{'-' if r['reacq_max'] is None else r['reacq_max']} ({r['reacq_never']})",
+            "" if r["scenario"] == "ALL" else _db(r["psnr_frame_db"]),
             "" if r["scenario"] == "ALL" else _db(r["psnr_face_db"])]) + " |")
     return "\n".join(lines)
 
@@ -227,8 +182,12 @@ def main(argv=None) -> int:
           f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; {wall:.0f} s in all.", "",
           "frames: frames the pipeline finished (live: of the clip's frames); detected: frames in which the "
           "recogniser finds a face in the output; leaked: frames in which one matches a clean identity at the "
-          "recogniser's threshold; raw: frames with a visible face whose core is untouched; hidden: frames in "
-          "which the fail-closed policy hid a face. Mode `input` is the clean clip (no protection).", "",
+          "recogniser's threshold; raw: frames with a visible face unprotected (a quarter of its core changed no "
+          "more than a JPEG q90 round trip changes it: livedeid.evaluation.leaks); hidden: frames in which the "
+          "fail-closed policy hid a region; hidden face-frames: visible faces under a hidden region; re-acquired "
+          "within: the most frames from a face's appearance (start, entering, a cut, a jump) to its first "
+          "protected, not hidden, output frame, and in brackets the appearances never protected. "
+          "Mode `input` is the clean clip (no protection).", "",
           text, "", "Scenarios:", "", *[f"- {c.scenario.name}: {c.scenario.what}" for c in clips], ""]
     if raw_notes:
         md += ["Raw (unprotected) faces outside `input`:", "", *raw_notes, ""]

@@ -10,11 +10,21 @@ truth (:class:`livedeid.evaluation.torture.FrameTruth`):
   of the photo that person's face was made from - at its standard threshold (dlib:
   distance <= 0.6, SFace: cosine >= 0.363). Frames in which it finds any face are counted
   too: a recogniser that finds nothing cannot leak, so 0 leaks means little there.
-* **raw frames**, independent of the model: a visible face whose core (the central half
-  of its face-oval box: eyes, nose, mouth) has no pixel changed by more than one level
-  from the input got no protection at all - neither the model's residual nor the
-  fail-closed blur/mask/hold. The core rather than the whole box, so that a stale hidden
-  region clipping the edge of a face that moved away does not count as protecting it.
+* **raw frames**, independent of the model: a visible face is *unprotected* when any
+  quarter of its core (the central half of its face-oval box - eyes, nose, mouth - cut
+  2x2) reached the output no more changed than a JPEG round trip at quality 90 changes
+  it (PSNR of output against input at or above that of the JPEG copy): the change there
+  is codec noise, not protection - neither the model's residual, nor a cloak, nor the
+  fail-closed blur/mask/hold. Quarters, so that a stale hidden region over one edge of a
+  face that moved, or a protection that slid off half of it, does not count as
+  protecting the whole face; codec noise rather than "any pixel changed", so that a
+  placeholder model's faint residual does not either. Whether a real change also stops
+  recognition is what the leaked frames measure.
+* **re-acquisition delay**: each time a face appears - the clip starts with it, it comes
+  into view, a cut shows it, or it jumps by more than half its width between two frames -
+  the frames until the output first shows it *protected*: neither unprotected (above) nor
+  under a hidden region (a fail-closed box over a quarter or more of its core). A face
+  that is never protected before it disappears or appears anew counts as ``never``.
 * **cost**: frames in which the fail-closed policy hid a face, and PSNR of output against
   input over whole frames and over the visible faces' boxes, each from one MSE pooled
   over all pixels of the clip (identical frames then do not make it infinite).
@@ -22,7 +32,7 @@ truth (:class:`livedeid.evaluation.torture.FrameTruth`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -31,7 +41,8 @@ import numpy as np
 from livedeid.core.errors import UserError
 from livedeid.evaluation.torture import FaceTruth, FrameTruth
 
-UNCHANGED_LEVELS = 1  # a pixel within one 8-bit level of the input counts as untouched
+# A face part changed no more than this JPEG quality changes it got codec noise, not protection.
+CODEC_NOISE_JPEG_QUALITY = 90
 
 
 @dataclass(eq=False)
@@ -41,6 +52,7 @@ class OutputFrame:
     output: np.ndarray    # uint8 BGR: what it sent on
     tracked: int = 0      # faces the tracker held (lost ones included)
     hidden: int = 0       # faces the fail-closed policy hid
+    hidden_boxes: list = field(default_factory=list)  # the regions it hid (x0, y0, x1, y1)
 
 
 def reference_embeddings(recognizer, photos: dict[str, Path]) -> dict[str, np.ndarray]:
@@ -67,19 +79,98 @@ def core_box(face: FaceTruth, size: tuple[int, int]) -> tuple[int, int, int, int
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 
+def _sq_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.square(a.astype(np.float64) - b).sum())
+
+
+def unprotected(image: np.ndarray, output: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """Whether some quarter of ``box`` (2x2) is, in ``output``, no further from ``image``
+    than a JPEG round trip of ``image`` at :data:`CODEC_NOISE_JPEG_QUALITY` is (the rule of
+    the module docstring). Equal errors count as unprotected: an untouched quarter is."""
+    x0, y0, x1, y1 = box
+    region = np.ascontiguousarray(image[y0:y1, x0:x1])
+    ok, data = cv2.imencode(".jpg", region, [cv2.IMWRITE_JPEG_QUALITY, CODEC_NOISE_JPEG_QUALITY])
+    coded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else region
+    out = output[y0:y1, x0:x1]
+    h, w = region.shape[:2]
+    for ys in (slice(0, h // 2), slice(h // 2, h)):
+        for xs in (slice(0, w // 2), slice(w // 2, w)):
+            if region[ys, xs].size and _sq_error(out[ys, xs], region[ys, xs]) <= _sq_error(coded[ys, xs], region[ys, xs]):
+                return True
+    return False
+
+
 def raw_faces(frame: OutputFrame, truth: FrameTruth) -> list[FaceTruth]:
-    """The visible faces of ``frame`` whose core reached the output untouched."""
+    """The visible faces of ``frame`` that reached the output unprotected (module docstring)."""
     size = (frame.image.shape[1], frame.image.shape[0])
-    raw = []
-    for face in truth.visible_faces():
-        box = core_box(face, size)
-        if box is None:
-            continue
-        x0, y0, x1, y1 = box
-        diff = cv2.absdiff(frame.image[y0:y1, x0:x1], frame.output[y0:y1, x0:x1])
-        if int(diff.max()) <= UNCHANGED_LEVELS:
-            raw.append(face)
-    return raw
+    return [face for face in truth.visible_faces()
+            if (box := core_box(face, size)) is not None and unprotected(frame.image, frame.output, box)]
+
+
+def _overlap(a, b) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def face_state(frame: OutputFrame, face: FaceTruth) -> str:
+    """``raw`` (unprotected), ``hidden`` (a fail-closed region over a quarter or more of its
+    core) or ``protected``, for one visible face of ``frame``."""
+    size = (frame.image.shape[1], frame.image.shape[0])
+    box = core_box(face, size)
+    if box is None:
+        return "protected"  # nothing of the core in the picture
+    if unprotected(frame.image, frame.output, box):
+        return "raw"
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    if any(_overlap(box, h) * 4 >= area for h in frame.hidden_boxes):
+        return "hidden"
+    return "protected"
+
+
+def appearances(truth: list[FrameTruth]) -> list[tuple[int, str, int]]:
+    """(first frame, identity, end frame exclusive) of every appearance of a face (module
+    docstring): it becomes visible, or jumps by more than half its box width."""
+    out, open_at, last = [], {}, {}
+    for row in truth:
+        seen = {}
+        for face in row.visible_faces():
+            seen[face.identity] = face
+            prev = last.get(face.identity)
+            jumped = prev is not None and math.dist(_centre(prev.box), _centre(face.box)) > 0.5 * (
+                face.box[2] - face.box[0])
+            if face.identity not in open_at or jumped:
+                if face.identity in open_at:
+                    out.append((open_at[face.identity], face.identity, row.index))
+                open_at[face.identity] = row.index
+        for identity in [k for k in open_at if k not in seen]:
+            out.append((open_at.pop(identity), identity, row.index))
+        last = seen
+    end = truth[-1].index + 1 if truth else 0
+    out += [(start, identity, end) for identity, start in open_at.items()]
+    return sorted(out)
+
+
+def _centre(box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def reacquisition(frames: list[OutputFrame], truth: list[FrameTruth]) -> dict:
+    """Per appearance, the frames (of the clip) from it to the first output frame that
+    shows the face protected; ``max``/``mean`` over those protected, ``never`` the rest."""
+    by_index = {f.index: f for f in frames}
+    events = []
+    for start, identity, end in appearances(truth):
+        delay = None
+        for k in range(start, end):
+            frame = by_index.get(k)
+            face = next((f for f in truth[k].visible_faces() if f.identity == identity), None)
+            if frame is not None and face is not None and face_state(frame, face) == "protected":
+                delay = k - start
+                break
+        events.append({"index": start, "identity": identity, "frames": end - start, "delay": delay})
+    delays = [e["delay"] for e in events if e["delay"] is not None]
+    return {"events": events, "max": max(delays) if delays else None,
+            "mean": round(sum(delays) / len(delays), 2) if delays else None,
+            "never": sum(1 for e in events if e["delay"] is None)}
 
 
 def _psnr(sq_error: float, count: int) -> float:
@@ -111,6 +202,9 @@ def protection_summary(frames: list[OutputFrame], truth: list[FrameTruth]) -> di
         "raw": len({r["index"] for r in raw_frames}),
         "raw_faces": raw_frames,
         "hidden": sum(1 for f in frames if f.hidden > 0),
+        "hidden_face_frames": sum(1 for f in frames for face in truth[f.index].visible_faces()
+                                  if face_state(f, face) == "hidden"),
+        "reacquisition": reacquisition(frames, truth),
         "psnr_frame_db": _psnr(frame_err, frame_px),
         "psnr_face_db": _psnr(face_err, face_px),
     }

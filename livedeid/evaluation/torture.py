@@ -9,7 +9,10 @@ pipeline reads exactly the pixels the ground truth describes.
 One scenario per failure mode (:data:`SCENARIOS`, a table read by one renderer): fast
 head turns, large per-frame jumps, motion blur, a hand over half the face, faces entering
 and leaving, several people, very dark and overexposed light, near-profile views, tiny
-faces, and dropped/duplicated frames with jittered timestamps. Everything is seeded.
+faces, dropped/duplicated frames with jittered timestamps, and the moments a tracker
+loses a face that is still (or again) there: hard cuts between people, a camera switch, a
+face leaving and coming back on the other side, a jump across the frame. Everything is
+seeded.
 
 Ground truth per written frame (:class:`FrameTruth`): the timestamp written to the file,
 the moment of the scene it shows, and for every face its identity, the bounding box of
@@ -61,6 +64,9 @@ class Scenario:
     noise: float = 2.0             # sensor noise, 8-bit levels
     hand: bool = False             # a hand slides over half of the face and away again
     drops: bool = False            # dropped and duplicated frames, jittered timestamps
+    # Shots of a clip with cuts: (start as a fraction of the clip, which face, light gain,
+    # face scale, centre x / width). Only that face is shown, over a background of its own.
+    shots: tuple[tuple[float, int, float, float, float], ...] = ()
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -78,6 +84,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("tiny", "face oval about 30 px tall (under 40 px wide)", face_height=0.085),
     Scenario("dropped_frames_jitter", "frames skipped and repeated, timestamps jittered +-12 ms",
              drops=True, turn=(30.0, 0.7)),
+    Scenario("cuts", "hard cuts between three different people, each elsewhere over a new background",
+             faces=3, shots=((0.0, 0, 1.0, 1.0, 0.5), (1 / 3, 1, 1.0, 1.0, 0.3), (2 / 3, 2, 1.0, 1.0, 0.7))),
+    Scenario("camera_switch", "the call switches camera: darker light, smaller face, elsewhere, new room",
+             shots=((0.0, 0, 1.0, 1.0, 0.5), (0.5, 0, 0.55, 0.7, 0.3))),
+    Scenario("leave_reenter", "the face walks out to the right and comes back in from the left", seconds=3.5,
+             path=((0.0, 0.5), (0.25, 1.45), (0.45, 1.45), (0.4501, -0.45), (0.7, 0.5), (1.0, 0.5))),
+    Scenario("jump_across", "the same person jumps from one side of the frame to the other and back",
+             path=((0.0, 0.25), (0.33, 0.25), (0.3301, 0.75), (0.66, 0.75), (0.6601, 0.25), (1.0, 0.25))),
 )
 SCENARIOS_BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -203,6 +217,14 @@ def _poses(sc: Scenario, rng: np.random.Generator, k: int, t: np.ndarray) -> np.
     return np.stack([x, y, roll, scale, yaw], axis=-1)
 
 
+def _shot_index(sc: Scenario, times: np.ndarray) -> np.ndarray:
+    """The shot (index into ``sc.shots``) each scene time falls in; zeros without shots."""
+    if not sc.shots:
+        return np.zeros(times.shape, int)
+    starts = np.array([shot[0] for shot in sc.shots]) * sc.seconds
+    return np.clip(np.searchsorted(starts, times, side="right") - 1, 0, len(sc.shots) - 1)
+
+
 def _hand_cover(t: float, seconds: float) -> float:
     """How far the hand is over the face: slides in, stays, slides out."""
     return float(np.interp(t / seconds, (0.0, 0.15, 0.3, 0.75, 0.9, 1.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)))
@@ -293,6 +315,13 @@ def make_clip(sc: Scenario, people: list[tuple[str, Path]], out_dir: str | Path,
     times = scene_times[:, None] + np.concatenate([[0.0], offsets])[None, :]
     poses = [_poses(sc, rng, k, times) for k in range(len(faces))]
     background = background_image(rng, SIZE, "textured")
+    shot_of = _shot_index(sc, times)
+    if sc.shots:
+        backgrounds = [background] + [background_image(rng, SIZE, "textured") for _ in sc.shots[1:]]
+        for k, (_, face, _, scale, x) in enumerate(sc.shots):
+            here = shot_of == k
+            poses[face][here, 0] += x * SIZE[0] - SIZE[0] * (face + 1) / (sc.faces + 1)
+            poses[face][here, 3] *= scale
     tone = np.array(SKIN_TONES_BGR[rng.integers(len(SKIN_TONES_BGR))], np.float32)
     noise_seed = int(rng.integers(1 << 31))
 
@@ -307,23 +336,27 @@ def make_clip(sc: Scenario, people: list[tuple[str, Path]], out_dir: str | Path,
         stream.codec_context.time_base = Fraction(1, PTS_PER_SECOND)
         for i, (stamp, row) in enumerate(zip(stamps, times)):
             scene = np.zeros((SIZE[1], SIZE[0], 3), np.float32)
+            gain = sc.gain
             for j in range(1, len(row)):
-                canvas = background.copy()
-                ovals = [face.place(canvas, row[j], pose[i, j]) for face, pose in zip(faces, poses)]
+                shown, gain, canvas = range(len(faces)), sc.gain, background.copy()
+                if sc.shots:
+                    shot = sc.shots[shot_of[i, j]]
+                    shown, gain, canvas = (shot[1],), sc.gain * shot[2], backgrounds[shot_of[i, j]].copy()
+                ovals = [faces[k].place(canvas, row[j], poses[k][i, j]) for k in shown]
                 hand = _hand_alpha(ovals[0], _hand_cover(row[j], sc.seconds)) if sc.hand else None
                 if hand is not None:
                     _paint_hand(canvas, hand, tone)
                 scene += canvas
-            scene *= sc.gain / (len(row) - 1)
+            scene *= gain / (len(row) - 1)
             # Sensor noise keyed to the scene moment: a re-delivered buffer repeats it exactly.
             rng_noise = np.random.default_rng([noise_seed, int(round(row[0] * FPS))])
             scene += sc.noise * rng_noise.standard_normal(scene.shape, dtype=np.float32)
             image = np.clip(np.rint(scene), 0, 255).astype(np.uint8)
             if sc.exposure > 1:  # the truth is the scene at the middle of the exposure
-                ovals = [face.place(background.copy(), row[0], pose[i, 0]) for face, pose in zip(faces, poses)]
+                ovals = [faces[k].place(background.copy(), row[0], poses[k][i, 0]) for k in shown]
                 hand = _hand_alpha(ovals[0], _hand_cover(row[0], sc.seconds)) if sc.hand else None
-            faces_truth = [_face_truth(f.identity, oval, hand if k == 0 else None)
-                           for k, (f, oval) in enumerate(zip(faces, ovals))]
+            faces_truth = [_face_truth(faces[k].identity, oval, hand if n == 0 else None)
+                           for n, (k, oval) in enumerate(zip(shown, ovals))]
             truth.append(FrameTruth(i, round(float(stamp), 6), round(float(row[0]), 6), faces_truth))
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             frame.pts = int(round(stamp * PTS_PER_SECOND))

@@ -90,6 +90,22 @@ def container_format(path: Path) -> str | None:
     return {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}.get(path.suffix.lower())
 
 
+# AVI stores no presentation timestamps, only decode order: a codec that reorders frames
+# (H.264 B-frames) then decodes with shuffled timestamps (0.033, 0.133, 0.100, ...), and a
+# reader that trusts them measures the wrong frame rate. Such containers get no B-frames.
+NO_REORDER_FORMATS = ("avi",)
+
+
+def codec_options(codec: str, container: str | None) -> dict[str, str]:
+    """The encoder options of ``codec`` (a :data:`CODECS` key) in ``container`` (a
+    :func:`container_format` name)."""
+    name, _, options = CODECS[codec]
+    options = dict(options)
+    if container in NO_REORDER_FORMATS and name.startswith("libx264"):
+        options["bf"] = "0"
+    return options
+
+
 def temp_file_beside(path: Path) -> Path:
     """An empty hidden ``.partial`` file in ``path``'s folder, to be renamed onto ``path``
     once complete (same filesystem, so the rename is atomic)."""
@@ -130,7 +146,8 @@ class FileSink(Sink):
         self.rate = Fraction(rate).limit_denominator(100000)
         self.audio_from = Path(audio_from) if audio_from else None
         self._tmp = temp_file_beside(self.path)
-        name, pix_fmt, options = CODECS[codec]
+        name, pix_fmt, _ = CODECS[codec]
+        options = codec_options(codec, self._format())
         try:
             self._container = av.open(str(self._tmp), mode="w", format=self._format())
             self._stream = self._container.add_stream(name, rate=self.rate,

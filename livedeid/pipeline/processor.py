@@ -38,11 +38,12 @@ from livedeid.io.profile import Profile, check_pattern, resolve_profile
 from livedeid.pipeline.stats import STAGES
 from livedeid.protect.cloak import cloak_face
 from livedeid.protect.composite import apply_protection, draw_hr_overlay
-from livedeid.protect.fail_closed import FailClosed, split_faces
+from livedeid.protect.fail_closed import FailClosed, hidden_box, split_faces
 from livedeid.protect.windows import FaceWindows
 from livedeid.rppg.regions import mean_skin_rgb
 from livedeid.rppg.streaming import StreamingHR
 from livedeid.tracking.mesh import FaceTracker, largest_face
+from livedeid.tracking.release import CLEAR_FRAMES_MESH_ONLY, CLEAR_FRAMES_WITH_SAFETY_NET, LostFaceRelease
 from livedeid.tracking.safety_net import SafetyNet
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class FrameProcessor:
         self.tracker = FaceTracker(max_faces=self.config.max_faces, crop_size=self.spec.crop_size,
                                    detect_long_side=self.config.detect_long_side)
         self.safety_net = SafetyNet() if self.config.safety_net else None
+        self.release = LostFaceRelease(CLEAR_FRAMES_WITH_SAFETY_NET if self.safety_net is not None
+                                       else CLEAR_FRAMES_MESH_ONLY)
         self.windows = FaceWindows(self.spec.window, self.spec.crop_size)
         self.hr = StreamingHR(method=self.config.hr_method, window_s=self.config.hr_window_s)
         self.hiding = FailClosed(self.config)
@@ -126,9 +129,24 @@ class FrameProcessor:
         frame.faces = self.tracker.update(frame.image, frame.timestamp, rgb)
         if self.safety_net is not None:
             frame.unheld_boxes = self.safety_net.update(rgb, frame.image.shape[:2], [f.bbox() for f in frame.faces])
+        self._release_lost(frame)
         self._face_seen = self._face_seen or bool(frame.faces) or bool(frame.unheld_boxes)
         frame.no_face_yet = not self._face_seen
         _lap(frame, "track", t)
+
+    def _release_lost(self, frame: Frame) -> None:
+        """Drop the lost faces whose hidden region the detectors have found clear for long
+        enough (:mod:`livedeid.tracking.release`); they leave ``frame.faces`` too."""
+        hw = frame.image.shape[:2]
+        # A lost face wholly outside the picture hides nothing: an empty region, soon released.
+        lost = {f.track_id: hidden_box(f, hw) or (0, 0, 0, 0) for f in frame.faces if f.is_lost}
+        live = [f.bbox() for f in frame.faces if not f.is_lost]
+        # The mesh's detections are its live tracks; the safety net adds its own.
+        seen = live + (self.safety_net.last_detections if self.safety_net is not None else [])
+        gone = self.release.update(lost, seen, live)
+        if gone:
+            self.tracker.release(gone)
+            frame.faces = [f for f in frame.faces if f.track_id not in gone]
 
     def sort_faces(self, frame: Frame) -> tuple[list[FaceTrack], list[FaceTrack]]:
         """(trusted, hidden) faces of this frame. A hidden face's window restarts (when it

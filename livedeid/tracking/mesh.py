@@ -19,6 +19,10 @@ from livedeid.core.geometry import crop_template, five_points, similarity_fit
 from livedeid.core.records import FaceTrack
 
 N_LANDMARKS = 478
+# The most the smoothed landmarks may trail the detected ones (mean distance over the
+# landmarks, as a fraction of the face's box diagonal). Steady faces trail by under 1 %;
+# fast head motion by a few; a cut to another face by 15 % or more.
+MAX_SMOOTHING_LAG = 0.06
 
 
 class OneEuroFilter:
@@ -94,7 +98,8 @@ class FaceTracker:
 
     ``update(image_bgr, timestamp)`` returns one :class:`FaceTrack` per tracked face,
     including lost ones (``lost_frames > 0``, landmarks frozen at the last sighting).
-    A lost track is only dropped when a new detection takes it over or after
+    A lost track is only dropped when a new detection takes it over, when the caller
+    releases it (:meth:`release`, by the rule of :mod:`livedeid.tracking.release`) or after
     ``forget_after_s`` seconds (default: never) — until then its region stays hidden.
     """
 
@@ -171,6 +176,13 @@ class FaceTracker:
         self._tracks.clear()
         self._lost_since.clear()
 
+    def release(self, track_ids: list[int]) -> None:
+        """Forget these lost tracks (see :mod:`livedeid.tracking.release`); live ones stay."""
+        drop = set(track_ids)
+        self._tracks = [tr for tr in self._tracks if tr.lost_frames == 0 or tr.track_id not in drop]
+        for k in drop:
+            self._lost_since.pop(k, None)
+
     # -- internals -------------------------------------------------------------------
     @staticmethod
     def _size(lm: np.ndarray) -> float:
@@ -216,7 +228,17 @@ class FaceTracker:
         if tr.lost_frames > 0:
             tr.smoother = OneEuroFilter()  # a recovered face may be anywhere: no lag
             self._lost_since.pop(tr.track_id, None)
-        tr.landmarks = tr.smoother(det, t, self._size(det)) if self.smoothing else det
+        if self.smoothing:
+            smoothed = tr.smoother(det, t, self._size(det))
+            lag = float(np.linalg.norm(smoothed - det, axis=1).mean()) / self._size(det)
+            if lag > MAX_SMOOTHING_LAG:
+                # A jump (a cut, a camera switch, another person taking the seat): the
+                # filter would drag the protection behind the face for frames. Start over.
+                tr.smoother = OneEuroFilter()
+                smoothed = tr.smoother(det, t, self._size(det))
+            tr.landmarks = smoothed
+        else:
+            tr.landmarks = det
         tr.lost_frames = 0
 
     def _to_face_track(self, tr: _Track) -> FaceTrack:

@@ -28,6 +28,7 @@ class SafetyNet:
         self.hold_frames, self.margin, self.growth = hold_frames, margin, growth_per_frame
         self._held: list[list] = []  # [x0, y0, x1, y1, frames since last seen]
         self._tile = 0
+        self.last_detections: list[tuple[float, float, float, float]] = []  # every face of the last frame
 
     def close(self) -> None:
         self._detector.close()
@@ -59,7 +60,8 @@ class SafetyNet:
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             return any(t[0] <= cx <= t[2] and t[1] <= cy <= t[3] for t in tracked)
 
-        fresh = [b for b in self.detect(rgb, frame_hw) if not held_by_track(b)]
+        self.last_detections = self.detect(rgb, frame_hw)
+        fresh = [b for b in self.last_detections if not held_by_track(b)]
         for entry in self._held:
             entry[4] += 1
         for b in fresh:

@@ -1,0 +1,56 @@
+"""When a lost face's hidden region may be shown again: the release rule.
+
+A face the mesh stops tracking becomes a *lost* track and its region is hidden (fail
+closed). It must not stay hidden for ever: after a cut, a camera switch or a person who
+left, nobody is there any more, and a blur that never goes away is a broken call (and it
+grows over whoever sits there next). The region is released once the detectors have
+established that no unprotected face is under it:
+
+* every frame, each detector that runs (the face mesh's own detector and, when on, the
+  full-range safety net) looks at the whole frame;
+* a frame counts as *clear* for a lost region when no detected face has its centre inside
+  the region, except faces a live (tracked, hence protected) track holds;
+* the region is released after ``clear_frames`` clear frames in a row (4 with the safety
+  net, about 130 ms at 30 fps; 15 with the mesh alone, whose short-range detector misses
+  more); one frame with a face there starts the count again.
+
+A face still under the region but seen by no detector (turned away, under a hand) is then
+shown as it is - the same as a face no detector sees anywhere else in the picture - and
+the moment a detector finds it again it is tracked and protected, or hidden by the safety
+net, in that same frame. So releasing never shows a face that the rest of the pipeline
+would not show anyway.
+"""
+from __future__ import annotations
+
+Box = tuple[float, float, float, float]
+
+CLEAR_FRAMES_WITH_SAFETY_NET = 4
+CLEAR_FRAMES_MESH_ONLY = 15
+
+
+def centre_in(box: Box, region: Box) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return region[0] <= cx <= region[2] and region[1] <= cy <= region[3]
+
+
+class LostFaceRelease:
+    """Counts, per lost track, the clear frames in a row (see the module docstring) and
+    says which tracks to release. Tracks not passed in a frame are forgotten."""
+
+    def __init__(self, clear_frames: int = CLEAR_FRAMES_WITH_SAFETY_NET):
+        if clear_frames < 1:
+            raise ValueError("clear_frames must be at least 1")
+        self.clear_frames = clear_frames
+        self._clear: dict[int, int] = {}
+
+    def update(self, lost: dict[int, Box], detections: list[Box], live: list[Box]) -> list[int]:
+        """The lost track ids to release now. ``lost``: track id -> the region hidden for
+        it in this frame; ``detections``: every face a detector found in this frame;
+        ``live``: the boxes of the faces tracked (and so protected) in this frame."""
+        unheld = [d for d in detections if not any(centre_in(d, b) for b in live)]
+        counts = {}
+        for track_id, region in lost.items():
+            occupied = any(centre_in(d, region) for d in unheld)
+            counts[track_id] = 0 if occupied else self._clear.get(track_id, 0) + 1
+        self._clear = counts
+        return [k for k, n in counts.items() if n >= self.clear_frames]

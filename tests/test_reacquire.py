@@ -1,0 +1,143 @@
+"""Recover as fast as we hide: a face that appears after a cut, a camera switch or a jump
+is protected (not hidden) within 10 frames, and a lost face's hidden region is released
+once the detectors find nobody under it (livedeid.tracking.release)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import data_path
+
+from livedeid.core.face_regions import FACE_OVAL, polygon_points
+from livedeid.evaluation.clip_run import run_clip
+from livedeid.evaluation.leaks import protection_summary
+from livedeid.evaluation.torture import FaceTruth, FrameTruth
+from livedeid.tracking.release import LostFaceRelease
+
+BOUND = 10  # frames from a face's appearance to its protection, at 30 fps
+
+
+# -- the rule ---------------------------------------------------------------------------
+def test_a_clear_region_is_released_after_its_clear_frames():
+    rule = LostFaceRelease(clear_frames=3)
+    lost = {7: (100, 100, 200, 200)}
+    assert rule.update(lost, [], []) == []
+    assert rule.update(lost, [], []) == []
+    assert rule.update(lost, [], []) == [7]
+
+
+def test_an_unheld_face_under_the_region_keeps_it_hidden():
+    rule = LostFaceRelease(clear_frames=2)
+    lost = {7: (100, 100, 200, 200)}
+    face_there = [(130, 130, 170, 170)]
+    assert rule.update(lost, [], []) == []
+    assert rule.update(lost, face_there, []) == []  # the count starts again
+    assert rule.update(lost, [], []) == []
+    assert rule.update(lost, [], []) == [7]
+    # A face there for good: never released.
+    rule = LostFaceRelease(clear_frames=2)
+    assert all(rule.update(lost, face_there, []) == [] for _ in range(50))
+
+
+def test_a_face_a_live_track_holds_does_not_keep_the_region():
+    # After a cut the next person sits where the last one was: their face is tracked (and
+    # protected), so it is no reason to keep the stale region blurred over them.
+    rule = LostFaceRelease(clear_frames=2)
+    lost = {7: (100, 100, 200, 200)}
+    new_face = (120, 110, 190, 190)
+    assert rule.update(lost, [new_face], [new_face]) == []
+    assert rule.update(lost, [new_face], [new_face]) == [7]
+
+
+def test_clear_frames_must_be_positive():
+    with pytest.raises(ValueError):
+        LostFaceRelease(clear_frames=0)
+
+
+# -- the tracker follows a jump without lag ---------------------------------------------
+def test_a_jump_resets_the_smoothing_so_the_protection_does_not_trail_the_face():
+    from livedeid.tracking.mesh import FaceTracker
+
+    rng = np.random.default_rng(0)
+    face = rng.uniform(0, 100, (478, 2)).astype(np.float32) + 200
+    with FaceTracker() as tracker:
+        for k in range(10):
+            tracker._associate([face + rng.normal(0, 0.3, face.shape).astype(np.float32)], k / 30)
+        jumped = face + np.float32([60, 20])  # another face where the last one was, 40 % away
+        tracker._associate([jumped], 10 / 30)
+        (track,) = tracker._tracks
+        assert np.abs(track.landmarks - jumped).max() < 1e-3
+        # Small motion is still smoothed.
+        tracker._associate([jumped + 0.5], 11 / 30)
+        assert 0 < np.abs(track.landmarks - (jumped + 0.5)).max() < 0.5
+
+
+# -- real videos through the real pipeline ----------------------------------------------
+def _letterboxed(photo, size=(640, 480)) -> np.ndarray:
+    im = cv2.imread(str(photo))
+    s = min(size[0] / im.shape[1], size[1] / im.shape[0])
+    im = cv2.resize(im, (int(im.shape[1] * s), int(im.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((size[1], size[0], 3), np.uint8)
+    y, x = (size[1] - im.shape[0]) // 2, (size[0] - im.shape[1]) // 2
+    canvas[y:y + im.shape[0], x:x + im.shape[1]] = im
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def three_photo_cuts(tmp_path_factory):
+    """The trial of the issue: three still photos of different people, 30 frames each,
+    letterboxed to 640x480, as a lossless video; and each frame's ground truth."""
+    from livedeid.io.sinks import FileSink
+    from livedeid.tracking.still import still_landmarks
+
+    root = data_path("faces", "celebrities")
+    people = ["id01", "id05", "id10"]
+    frames, truth = [], []
+    for person in people:
+        image = _letterboxed(sorted((root / person).glob("*.jpg"))[0])
+        oval = polygon_points(still_landmarks(image), FACE_OVAL)
+        (x0, y0), (x1, y1) = np.floor(oval.min(axis=0)).astype(int), np.ceil(oval.max(axis=0)).astype(int)
+        for _ in range(30):
+            truth.append(FrameTruth(len(frames), len(frames) / 30, len(frames) / 30,
+                                    [FaceTruth(person, (int(x0), int(y0), int(x1), int(y1)), 1.0)]))
+            frames.append(image)
+    path = tmp_path_factory.mktemp("cuts") / "three_photos.mkv"
+    writer = FileSink(path, 640, 480, 30, codec="lossless")
+    for im in frames:
+        writer.send(im)
+    writer.close()
+    return path, truth
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_every_face_after_a_cut_is_protected_within_10_frames(three_photo_cuts):
+    path, truth = three_photo_cuts
+    frames, _ = run_clip(path, "process")
+    summary = protection_summary(frames, truth)
+    reacq = summary["reacquisition"]
+    assert [e["index"] for e in reacq["events"]] == [0, 30, 60]
+    assert reacq["never"] == 0 and reacq["max"] <= BOUND, reacq
+    assert summary["raw"] == 0, summary["raw_faces"]
+    # Protected and never hidden again after the bound: the stale region was released.
+    from livedeid.evaluation.leaks import face_state
+
+    for f in frames:
+        if f.index % 30 >= BOUND:
+            assert face_state(f, truth[f.index].faces[0]) == "protected", f.index
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_torture_cuts_clip_through_process_raw_0_and_reacquired(tmp_path):
+    from livedeid.evaluation.torture import SCENARIOS_BY_NAME, make_clip, pick_people
+
+    faces = data_path("faces")
+    sc = SCENARIOS_BY_NAME["cuts"]
+    people = pick_people(faces, sc.faces, np.random.default_rng(0))
+    clip = make_clip(sc, people, tmp_path, seed=1)
+    frames, _ = run_clip(clip.path, "process")
+    summary = protection_summary(frames, clip.frames)
+    assert summary["raw"] == 0, summary["raw_faces"]
+    assert summary["reacquisition"]["never"] == 0
+    assert summary["reacquisition"]["max"] <= BOUND, summary["reacquisition"]
