@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grow", type=float, default=None, help="the cloak's region: the face oval scaled by 1 + this")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="any other CloakSettings field (JSON value), e.g. --set pulse_weight=1.0")
-    ap.add_argument("--loo", action="store_true", help="also leave-one-out transfer (dlib alone, SFace alone)")
+    ap.add_argument("--loo", action="store_true", help="also leave-one-out transfer (each ensemble member left out in turn)")
     ap.add_argument("--codec", type=parse_kbps, default=None, metavar="KBPS[,KBPS...]",
                     help="also verify after a 720p H.264 call at these bitrates (kbit/s), e.g. 1500,600")
     ap.add_argument("--codec-frames", type=int, default=15,

@@ -139,3 +139,13 @@ def test_verify_zero_pattern_reports_the_clean_match(astronaut_bgr):
     assert report["protects"] is False and report["target"] == 0.05
     with pytest.raises(UserError):
         verify_cloak(np.zeros((3, 128, 128), np.float32), [], gallery)
+
+
+def test_leave_one_out_leaves_each_recogniser_out_once():
+    from livedeid.cloak.protocol import _label, loo_keys
+
+    assert loo_keys(("dlib",)) == {}
+    assert loo_keys(("dlib", "sface")) == {"loo_no_dlib": ("sface",), "loo_no_sface": ("dlib",)}
+    three = loo_keys(("dlib", "sface", "faceres"))
+    assert three["loo_no_faceres"] == ("dlib", "sface") and len(three) == 3
+    assert _label("loo_no_sface") == "without sface" and _label("cloak_h264_600") == "cloak h264 600k"

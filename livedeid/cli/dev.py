@@ -49,7 +49,8 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--people", type=int, default=0, help="with --cloak: only the first N such people (0 = all)")
     ev.add_argument("--cloak-steps", type=int, default=None, help="with --cloak: optimisation steps per person")
     ev.add_argument("--loo", action="store_true",
-                    help="with --cloak: also leave-one-out transfer (optimised on dlib alone, on SFace alone)")
+                    help="with --cloak: also leave-one-out transfer (for each recogniser of the ensemble, "
+                         "a cloak optimised without it, judged by it)")
     ev.add_argument("--codec", default=None, metavar="KBPS[,KBPS...]",
                     help="with --cloak: also judge after a 720p H.264 call at these bitrates, e.g. 1500,600")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -6,8 +6,9 @@ the optimisation never saw: each probe is cloaked through the run-time path (ali
 crop warp, composite under the grown face oval) and judged by the real recognisers
 (``judges``; one outside the optimised ensemble measures transfer) against the enrolment
 half, clean (the attacker's gallery). The clean baseline is the same verification of a
-zero pattern. Optional: leave-one-out transfer (a cloak optimised against dlib alone, and
-SFace alone, judged by all) and the probes after a 720p H.264 call
+zero pattern. Optional: leave-one-out transfer (for each recogniser of the ensemble, a
+cloak optimised against the others only, judged by all: the left-out one then stands
+for a recogniser the cloak has never seen) and the probes after a 720p H.264 call
 (:func:`livedeid.evaluation.codec.h264_roundtrip`).
 
 Per person and pooled over probes: gallery match (vs the centre of the clean gallery)
@@ -113,10 +114,22 @@ def pooled(rows: list[dict], key: str) -> dict:
     return {"recognizers": out, "psnr_db": psnr, "ssim": ssim}
 
 
+def loo_keys(ensemble) -> dict[str, tuple[str, ...]]:
+    """Leave-one-out runs of an ensemble: row key -> the recognisers optimised against
+    ("loo_no_sface" -> ("dlib",) for dlib + SFace). None for an ensemble of one."""
+    ensemble = tuple(ensemble)
+    if len(ensemble) < 2:
+        return {}
+    return {f"loo_no_{name}": tuple(n for n in ensemble if n != name) for name in ensemble}
+
+
 def _label(key: str) -> str:
-    """The method column of a row key: "cloak_h264_1500" -> "cloak h264 1500k"; others as they are."""
+    """The method column of a row key: "cloak_h264_1500" -> "cloak h264 1500k",
+    "loo_no_sface" -> "without sface"; others as they are."""
     kind, sep, kbps = key.partition("_h264_")
-    return f"{kind} h264 {kbps}k" if sep else key
+    if sep:
+        return f"{kind} h264 {kbps}k"
+    return "without " + key[len("loo_no_"):] if key.startswith("loo_no_") else key
 
 
 def _pct(x) -> str:
@@ -143,9 +156,9 @@ def markdown(result: dict) -> str:
         counts = f"{p['enrol']}/{p['probes']}"
         row(p["person"], counts, "clean", "", p["clean"])
         row(p["person"], counts, "cloak", f"{p['seconds']:.0f}", p["cloak"])
-        for key in ("loo_dlib", "loo_sface"):
+        for key in loo_keys(result["settings"]["recognizers"]):
             if key in p:
-                row(p["person"], counts, key.replace("loo_", "only "), f"{p[key + '_seconds']:.0f}", p[key])
+                row(p["person"], counts, _label(key), f"{p[key + '_seconds']:.0f}", p[key])
         for key in result.get("codec", {}).get("keys", []):
             row(p["person"], counts, _label(key), "", p[key])
     for key, v in result["pooled"].items():
@@ -154,8 +167,8 @@ def markdown(result: dict) -> str:
               "recogniser's threshold; same-photo = matches its own clean version; top-1 = the person's own centre "
               "scores best among every identity's (chance: one over the identities; '-' where not measured); "
               "det = the recogniser still "
-              "finds the face (match rates are over the faces found). 'only X' = optimised against X alone "
-              "(leave-one-out transfer: read the other recogniser's columns)."]
+              "finds the face (match rates are over the faces found). 'without X' = optimised against the "
+              "ensemble without X (leave-one-out transfer: read X's columns)."]
     if "codec" in result:
         lines += ["", "h264 NNNk = the cloaked (or, for clean, zero-pattern) probe sent through a 720p H.264 call "
                   "clip at NNN kbit/s (livedeid.evaluation.codec) and judged against the clean gallery; same-photo "
@@ -215,11 +228,11 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
                "clean": verify_cloak(np.zeros_like(res.pattern), probes, enrol, judges, grow=s.grow,
                                      others=others_of(person))}
         if loo:
-            for only in ("dlib", "sface"):
+            for key, ensemble in loo_keys(s.recognizers).items():
                 t1 = time.perf_counter()
-                r1 = optimise_cloak(crops, dataclasses.replace(s, recognizers=(only,)), landmarks=lms)
-                row[f"loo_{only}_seconds"] = time.perf_counter() - t1
-                row[f"loo_{only}"] = verify_cloak(r1.pattern, probes, enrol, judges, grow=s.grow)
+                r1 = optimise_cloak(crops, dataclasses.replace(s, recognizers=ensemble), landmarks=lms)
+                row[f"{key}_seconds"] = time.perf_counter() - t1
+                row[key] = verify_cloak(r1.pattern, probes, enrol, judges, grow=s.grow, others=others_of(person))
         if codec:
             row.update(codec_verify(res.pattern, probes, enrol, judges, codec, grow=s.grow, frames=codec_frames))
             gh = {k: {n: round(v["gallery_match"], 2) for n, v in row[k]["recognizers"].items()}
@@ -229,7 +242,7 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
         g = {n: round(v["gallery_match"], 2) for n, v in row["cloak"]["recognizers"].items()}
         say(f"{person}: {row['seconds']:.0f} s, gallery {g}, PSNR {row['cloak']['psnr_db']:.1f}")
     codec_keys = [codec_key(kind, k) for k in codec or [] for kind in ("clean", "cloak")]
-    keys = ["clean", "cloak"] + (["loo_dlib", "loo_sface"] if loo else []) + codec_keys
+    keys = ["clean", "cloak"] + (list(loo_keys(s.recognizers)) if loo else []) + codec_keys
     result = {"settings": dataclasses.asdict(s), "judges": list(judges), "people": rows,
               "pooled": {k: pooled(rows, k) for k in keys}}
     if codec:
