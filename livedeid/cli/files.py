@@ -195,11 +195,11 @@ def cmd_monitor(args) -> int:
             clip, _ = clip_hr(shown(steps), args.hr_method)
         except ValueError:
             raise UserError(f"no face found in {args.source}" if seen else f"no frames in {args.source}") from None
-    print(f"clip HR: {clip.bpm:.1f} bpm (SNR {clip.snr_db:.1f} dB, {clip.quality}) over {len(seen)} frames")
+    print(f"clip HR: {clip.describe()} over {len(seen)} frames")
     if args.json:
         write_json(args.json, {
             "source": args.source, "frames": len(seen), "method": args.hr_method,
-            "clip_hr": {"bpm": round(clip.bpm, 2), "snr_db": round(clip.snr_db, 2), "quality": clip.quality},
+            "clip_hr": clip.report(),
             "live_hr": [reading_json(r) for r in readings],
         })
     return 0

@@ -66,7 +66,13 @@ def cmd_demo(args) -> int:
     recorder = TraceRecorder()
     result = run_with_progress(Pipeline(source, proc, [sink], [recorder]), source.frame_count, args.quiet)
     hrs = recorder.heart_rates(config.hr_method)
-    fmt = lambda r: f"{r['bpm']:.1f} bpm (SNR {r['snr_db']:.1f} dB, {r['quality']})" if r else "no reading"  # noqa: E731
+    def fmt(r: dict | None) -> str:
+        if r is None:
+            return "no reading (no face)"
+        if r["bpm"] is None:
+            return f"no reading (pulse signal too weak: quality {r['quality']})"
+        return f"{r['bpm']:.1f} bpm ({r['quality']})"
+
     print(f"true HR:   {args.hr:.1f} bpm")
     print(f"input HR:  {fmt(hrs['input'])}")
     print(f"output HR: {fmt(hrs['output'])}")

@@ -13,6 +13,7 @@ import sys
 # MediaPipe/TFLite print C++ log lines on start-up; users only need ours.
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from livedeid import __version__  # noqa: E402
 from livedeid.cli import dev, doctor, enrol, files, live  # noqa: E402
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and not args.verbose:  # the real command line (not a caller's own process)
+        from livedeid.cli.quiet import filter_native_logs
+
+        filter_native_logs()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="livedeid: %(levelname)s: %(message)s")
     if not args.command:  # no command: open the window, the everyday entry point

@@ -1,19 +1,21 @@
 """What commands print and write: progress, the speed table, JSON reports, output checks."""
 from __future__ import annotations
 
-import json
+import math
 import os
 import sys
 from pathlib import Path
 
+from livedeid.core import strict_json
 from livedeid.core.errors import UserError
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a hidden partial file, renamed)."""
+    """Write ``data`` to ``path`` as strict JSON (no NaN/Infinity: ``null``), whole or not
+    at all (a hidden partial file, renamed)."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(strict_json.dumps(data, indent=2) + "\n")
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -34,7 +36,8 @@ def check_output_path(path: Path) -> None:
 def reading_json(reading) -> dict:
     """One live heart-rate reading as it appears in the JSON reports."""
     return {"t": round(reading.timestamp, 3), "bpm": None if reading.bpm is None else round(reading.bpm, 2),
-            "snr_db": round(reading.snr_db, 2), "quality": reading.quality}
+            "snr_db": round(reading.snr_db, 2) if math.isfinite(reading.snr_db) else None,
+            "quality": reading.quality}
 
 
 def run_with_progress(pipeline, total: int | None, quiet: bool):

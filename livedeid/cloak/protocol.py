@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from livedeid.core import strict_json
 from livedeid.core.errors import UserError
 
 
@@ -255,6 +256,6 @@ def write_result(result: dict, out: Path, name: str) -> Path:
     """``out/name.json`` and ``out/name.md``; returns the markdown's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / f"{name}.json").write_text(strict_json.dumps(result, indent=1, default=float))
     (out / f"{name}.md").write_text(markdown(result))
     return out / f"{name}.md"

@@ -26,7 +26,6 @@ overlaps the GPU work of frame n. The offline figure runs the real ``process`` p
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from livedeid.core import strict_json
 from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
 from livedeid.inference.engines import Engine, EngineUnavailable, OnnxRuntimeEngine, TensorRTEngine, TorchEngine
@@ -401,7 +401,7 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "bench.md", out_dir / "bench.json"
     md.write_text(to_markdown(result))
-    js.write_text(json.dumps(result, indent=2) + "\n")
+    js.write_text(strict_json.dumps(result, indent=2) + "\n")
     return md, js
 
 

@@ -7,6 +7,7 @@ queue: live sources drop the *oldest* frame when processing lags, files never dr
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -21,6 +22,8 @@ import numpy as np
 
 from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
+
+log = logging.getLogger(__name__)
 
 
 class Source:
@@ -84,8 +87,12 @@ class FileSource(Source):
                     self._container = av.open(str(self.path))
             finally:
                 av.logging.set_level(previous_level)
-        except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read video {self.path}: {_one_line(exc)}") from None
+        except PermissionError:
+            raise UserError(f"cannot read video {self.path}: permission denied") from None
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+            # FFmpeg's own words ("[Errno 1094995529] Invalid data ... moov atom not found")
+            # say nothing to a patient; the cause they can act on is this.
+            raise UserError(f"cannot read video {self.path}: not a video file, or the file is damaged") from None
         bad_rate = [msg for _, _, msg in ffmpeg_log if "rate is" in msg and "invalid" in msg]
         if bad_rate:
             self._container.close()
@@ -128,7 +135,9 @@ class FileSource(Source):
                 ) from None
             return None
         except (av.error.FFmpegError, OSError) as exc:
-            raise UserError(f"video {self.path} is corrupt at frame {self._index}: {_one_line(exc)}") from None
+            log.info("decoder error at frame %d of %s: %s", self._index, self.path, _one_line(exc))
+            raise UserError(f"video {self.path} is damaged at frame {self._index}: it cannot be decoded "
+                            "from there on") from None
         image = vf.to_ndarray(format="bgr24")
         t = float(vf.time) if vf.time is not None else self._index / self.fps
         frame = Frame(image=image, index=self._index, timestamp=t)

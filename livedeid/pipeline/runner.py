@@ -228,14 +228,15 @@ class TraceRecorder:
             self.rgb_out.append(np.full(3, np.nan))
 
     def heart_rates(self, method: str = "pos") -> dict:
-        """Whole-clip HR of input and output (None where too few frames had a face)."""
+        """Whole-clip HR of input and output (None where too few frames had a face; the
+        reading's ``bpm`` None where its quality is poor)."""
         from livedeid.rppg.monitor import trace_to_hr
 
         result = {}
         for name, rgb in (("input", self.rgb_in), ("output", self.rgb_out)):
             try:
                 hr, _ = trace_to_hr(np.array(self.t), np.array(rgb), method)
-                result[name] = {"bpm": round(hr.bpm, 2), "snr_db": round(hr.snr_db, 2), "quality": hr.quality}
+                result[name] = hr.report()
             except ValueError:
                 result[name] = None
         return result

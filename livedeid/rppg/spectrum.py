@@ -72,6 +72,24 @@ class HRResult:
     power: np.ndarray = field(repr=False)  # periodogram, normalised to peak 1
     floor_db: float = float("nan")         # SNR that white noise would have with these bins
 
+    @property
+    def shown_bpm(self) -> float | None:
+        """The heart rate to show anyone: None for a 'poor' reading (no number rather than
+        a poor one), else :attr:`bpm`."""
+        return self.bpm if self.quality != "poor" and np.isfinite(self.bpm) else None
+
+    def report(self) -> dict:
+        """The reading as every JSON report gives it (strict JSON: None, not NaN/Infinity)."""
+        return {"bpm": None if self.shown_bpm is None else round(self.shown_bpm, 2),
+                "snr_db": round(self.snr_db, 2) if np.isfinite(self.snr_db) else None,
+                "quality": self.quality}
+
+    def describe(self) -> str:
+        """One line for people: the number with its quality, or why there is none."""
+        if self.shown_bpm is None:
+            return f"no reading (pulse signal too weak: quality {self.quality})"
+        return f"{self.shown_bpm:.1f} bpm ({self.quality})"
+
 
 def estimate_hr(pulse: np.ndarray, fs: float, band: tuple[float, float] = BAND_HZ,
                 resolution_hz: float = 1.0 / 240.0) -> HRResult:

@@ -103,7 +103,7 @@ class StreamingHR:
         uni = np.stack([np.interp(grid, ts, rgb[:, c]) for c in range(3)], axis=1)
         wave = extract_pulse(uni, self.resample_hz, self.method)
         res = estimate_hr(wave, self.resample_hz)
-        shown = res.bpm if res.quality != "poor" and np.isfinite(res.bpm) else None
+        shown = res.shown_bpm
         return HRReading(shown, res.snr_db, res.quality, wave, grid, res.freqs, res.power,
                          float(ts[-1]), signal_s=span,
                          peak_bpm=res.bpm if np.isfinite(res.bpm) else None)
