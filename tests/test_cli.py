@@ -146,9 +146,19 @@ def test_doctor_reports_missing_virtual_camera_with_fix():
     assert rc == 0  # the CPU path is complete here even without the virtual camera
 
 
-def test_no_virtual_camera_device_is_one_line_error():
+def test_run_without_a_virtual_camera_runs_and_says_nothing_reaches_the_call():
     _no_v4l2_device()
     rc, _, err = run_cli("run", "--camera", "synthetic", "--duration", "1", "--width", "320", "--height", "240")
+    assert rc == 0, err
+    warning = next(line for line in err.splitlines() if "warning" in line)
+    assert "no virtual camera" in warning and "nothing is sent to a video call" in warning
+    assert "v4l2loopback" in warning
+
+
+def test_a_virtual_camera_asked_for_by_name_is_one_line_error_when_missing():
+    _no_v4l2_device()
+    rc, _, err = run_cli("run", "--camera", "synthetic", "--duration", "1", "--width", "320", "--height", "240",
+                         "--device", "/dev/video99")
     assert_one_line_error(rc, err, "no virtual camera")
     assert "v4l2loopback" in err
 

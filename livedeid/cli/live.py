@@ -160,8 +160,17 @@ def _run_sinks(args, source) -> list:
     sinks = []
     try:
         if not args.no_virtual_camera:
-            sinks.append(VirtualCameraSink(*source.size, fps=source.fps, backend=args.backend, device=args.device))
-            print(f"sending to {sinks[-1].description}", file=sys.stderr)
+            try:
+                sinks.append(VirtualCameraSink(*source.size, fps=source.fps, backend=args.backend,
+                                               device=args.device))
+                print(f"sending to {sinks[-1].description}", file=sys.stderr)
+            except UserError as exc:
+                if args.backend or args.device:
+                    raise  # asked for that camera by name: without it the run is pointless
+                # The filter itself works without a virtual camera: run, and say plainly
+                # that nothing reaches a video call (the preview or a recording still does).
+                print(f"livedeid: warning: {exc}; running anyway, nothing is sent to a video call"
+                      + ("" if args.preview or args.record else " (add --preview to watch)"), file=sys.stderr)
         if args.record:
             check_output_path(args.record)
             sinks.append(FileSink(args.record, *source.size, rate=source.fps))
