@@ -9,7 +9,7 @@ import pytest
 
 from livedeid.core.errors import UserError
 from livedeid.inference.engines import OnnxRuntimeEngine, TensorRTEngine, TorchEngine, plan_cache_path
-from livedeid.inference.manifest import load_spec, model_warning
+from livedeid.inference.manifest import load_spec, model_warning, sha256_file
 from livedeid.inference.registry import create_engine, cuda_available
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -100,7 +100,7 @@ def test_plan_cache_key_names_gpu_trt_and_model(spec, tmp_path):
 
 def _copy_model(tmp_path):
     src = load_spec()
-    for name in (src.onnx, src.weights, "deid.json"):
+    for name in (src.onnx, src.weights, src.onnx_fp16, src.evaluation, "deid.json"):
         shutil.copy(src.manifest_path.parent / name, tmp_path / name)
     return tmp_path / "deid.json"
 
@@ -122,7 +122,11 @@ def test_pickle_payload_weights_are_refused(tmp_path):
 
     (tmp_path / "deid.pt").write_bytes(pickle.dumps({"x": Boom()}))
     raw = json.loads(manifest.read_text())
-    raw["weights_sha256"] = None  # even with a matching manifest the payload must not run
+    # Even with a manifest that matches the payload (and no evaluation, which measured
+    # other weights) the payload must not run.
+    raw["weights_sha256"] = sha256_file(tmp_path / "deid.pt")
+    for key in ("evaluation", "evaluation_sha256", "held_out_self_match"):
+        raw.pop(key)
     manifest.write_text(json.dumps(raw))
     with pytest.raises(UserError, match="cannot load weights"):
         TorchEngine(load_spec(manifest), "cpu")

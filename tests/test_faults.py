@@ -66,7 +66,10 @@ def _model_copy(tmp_path: Path) -> tuple[Path, dict]:
     manifest = json.loads((ROOT / "engines" / "deid.json").read_text())
     for key in ("onnx", "weights"):
         shutil.copy(ROOT / "engines" / manifest[key], folder / manifest[key])
-    manifest.pop("onnx_fp16", None)
+    # Without its evaluation and FP16 file: these tests change the weights or the ONNX,
+    # which the shipped evaluation (measured on the shipped weights) would refuse first.
+    for key in ("onnx_fp16", "onnx_fp16_sha256", "evaluation", "evaluation_sha256", "held_out_self_match"):
+        manifest.pop(key, None)
     return folder / "deid.json", manifest
 
 
@@ -101,7 +104,8 @@ def test_pickle_payload_weights_are_refused_by_the_cli(tmp_path):
 
     manifest_path, manifest = _model_copy(tmp_path)
     (manifest_path.parent / manifest["weights"]).write_bytes(pickle.dumps({"x": Payload()}))
-    manifest["weights_sha256"] = None
+    # A manifest that matches the payload: the hash check passes, the loader must refuse it.
+    manifest["weights_sha256"] = hashlib.sha256((manifest_path.parent / manifest["weights"]).read_bytes()).hexdigest()
     manifest_path.write_text(json.dumps(manifest))
     write_video(tmp_path / "in.mp4")
     rc, _, err = run_cli("process", tmp_path / "in.mp4", tmp_path / "out.mp4", "--model", manifest_path,

@@ -2,6 +2,7 @@
 port, real face photos from ../shared/data, MediaPipe tracking, ONNX Runtime)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -332,15 +333,15 @@ def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_pa
 def test_held_out_evaluation_writes_what_the_export_reads(short_run, tmp_path):
     # The trainer's held-out evaluation on the tiny set (every person taken as held out):
     # the harness of `livedeid eval` underneath, eval.json's fields on top.
-    from livedeid.nets.autoencoder import load_weights
     from livedeid.training.export import held_out_self_match
     from livedeid.training.heldout import evaluate, format_report
 
     cfg, result = short_run
-    model = load_weights(result["weights"], 8, cfg["model"]["max_perturbation"])
     cfg = {**cfg, "eval": {**cfg["eval"], "max_photos_per_id": 2, "hr_clips": 1, "hr_seconds": 6.0}}
     people = ["celebrities/id01", "celebrities/id02", "orl/s1"]
-    report = evaluate(model, cfg, people, names=("sface",))
+    report = evaluate(Path(result["weights"]), cfg, people, names=("sface",), out=tmp_path / "written.json")
+    assert (tmp_path / "written.json").read_text() == json.dumps(report, indent=2) + "\n"  # (NaN != NaN)
+    assert report["weights_sha256"] == hashlib.sha256(Path(result["weights"]).read_bytes()).hexdigest()
     assert report["held_out_ids"] == people and report["photos"] + len(report["no_region"]) == 6
     methods = report["methods"]
     assert list(methods)[:2] == ["trained", "untrained"]
@@ -366,7 +367,8 @@ def test_export_rule_needs_fewer_matches_and_kept_quality():
     from livedeid.training.heldout import better_than_untrained
 
     def report(t_dlib, t_sface, psnr=34.0, hr_change=0.1):
-        return {"methods": {"trained": {"psnr": psnr, "dlib": {"self_match": t_dlib}, "sface": {"self_match": t_sface}},
+        return {"methods": {"trained": {"psnr": psnr, "dlib": {"self_match": t_dlib, "faces": 26},
+                                        "sface": {"self_match": t_sface, "faces": 26}},
                             "untrained": {"psnr": 44.0, "dlib": {"self_match": 1.0}, "sface": {"self_match": 0.9}}},
                 "hr": [{"change_bpm": hr_change}]}
 

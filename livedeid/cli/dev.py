@@ -168,18 +168,19 @@ def add_export_parser(sub) -> None:
     e.add_argument("--tensorrt", action="store_true", help="also build the TensorRT plan (needs TensorRT + GPU)")
     e.add_argument("--notes", default="", help="free text stored in the manifest")
     e.add_argument("--eval", type=Path, default=None, metavar="EVAL_JSON",
-                   help="the weights' `livedeid train` evaluation (eval.json): its held-out self-match per "
-                        "recogniser goes into the manifest, and users are warned while it is above 5%%")
+                   help="the weights' `livedeid train` evaluation (eval.json), which must have measured these "
+                        "very weights (its weights_sha256): copied beside them as <name>.eval.json, its held-out "
+                        "self-match per recogniser goes into the manifest, and users are warned while it is "
+                        "above 5%%; without it a trained model is reported as never measured")
     e.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
-    from livedeid.training.export import export_model, held_out_self_match
+    from livedeid.training.export import export_model
 
-    matches = held_out_self_match(args.eval) if args.eval else None
     for line in export_model(weights=args.weights, out_dir=args.out_dir, name=args.name, seed=args.seed,
                              trained=args.trained, fp16=args.fp16, tensorrt=args.tensorrt, notes=args.notes,
-                             held_out_self_match=matches):
+                             evaluation=args.eval):
         print(line)
     return 0
 

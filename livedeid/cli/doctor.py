@@ -101,18 +101,21 @@ def check_mediapipe() -> Check:
 
 def check_model() -> Check:
     from livedeid.core.errors import UserError
-    from livedeid.inference.manifest import load_spec, model_warning, verified_file
+    from livedeid.inference.manifest import ARTEFACTS, load_spec, model_warning, verified_file
 
     try:
-        spec = load_spec()
-        onnx = verified_file(spec, "onnx")
+        spec = load_spec()  # also checks the evaluation against the weights' hash
+        checked = [verified_file(spec, kind).name for kind in ARTEFACTS if getattr(spec, kind) is not None]
     except UserError as exc:
         return Check("model", "missing", str(exc), "reinstall livedeid or run `livedeid export`", essential=True)
     warn = model_warning(spec)
-    detail = f"{spec.name}: window {spec.window}, crop {spec.crop_size}, {onnx.name} hash ok"
+    detail = f"{spec.name}: window {spec.window}, crop {spec.crop_size}, hashes ok: {', '.join(checked)}"
     if warn:
-        return Check("model", "warn", f"{detail}; {warn}", "train and export a model (see engines/MODEL_CARD.md)")
-    return Check("model", "ok", detail + ", trained")
+        fix = ("evaluate it (`livedeid train --set steps=0`) and export it with --eval"
+               if spec.trained and not spec.held_out_self_match else
+               "train and export a model (see engines/MODEL_CARD.md)")
+        return Check("model", "warn", f"{detail}; {warn}", fix)
+    return Check("model", "ok", detail + ", trained and measured on held-out people")
 
 
 def check_recognizers() -> Check:

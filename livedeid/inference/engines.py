@@ -247,11 +247,7 @@ class TensorRTEngine(Engine):
             raise EngineUnavailable(f"TensorRT plan uses an unsupported I/O type {exc}") from None
 
     def _fp16_onnx_path(self) -> Path:
-        onnx_path = verified_file(self.spec, "onnx")
-        fp16 = onnx_path.with_name(onnx_path.stem + ".fp16.onnx")
-        if not fp16.is_file():
-            raise EngineUnavailable(f"no FP16 ONNX at {fp16} (run `livedeid export --fp16`)")
-        return fp16
+        return verified_fp16_onnx(self.spec)
 
     def _build(self, onnx_path: Path) -> bytes:
         trt = self._trt
@@ -320,6 +316,18 @@ class TensorRTEngine(Engine):
         # Pageable host memory: the copy is synchronous w.r.t. the host, then stream-ordered.
         x = torch.from_numpy(self.check_input(windows)).to("cuda")
         return self.run_tensor(x).float().cpu().numpy()
+
+
+def verified_fp16_onnx(spec: ModelSpec) -> Path:
+    """The FP16 ONNX the manifest lists (``onnx_fp16``), after checking its SHA-256. Not
+    listed or not there: the TensorRT engine is unavailable here (``auto`` moves on); there
+    but not matching its hash: refused, as every other artefact is."""
+    path = spec.onnx_fp16_path
+    if path is None:
+        raise EngineUnavailable("the model manifest lists no FP16 ONNX (run `livedeid export --fp16`)")
+    if not path.is_file():
+        raise EngineUnavailable(f"no FP16 ONNX at {path} (run `livedeid export --fp16`)")
+    return verified_file(spec, "onnx_fp16")
 
 
 def plan_cache_path(spec: ModelSpec, onnx_path: Path, cache_dir: Path | None, trt_version: str,

@@ -293,23 +293,23 @@ def _run_steps(model, opt, heads, protos, sampler, cfg: dict, start: int, out_di
     return done_steps
 
 
-def _evaluate_and_export(model, cfg: dict, out_dir: Path, weights: Path, test_ids: list[str], done_steps: int) -> dict:
+def _evaluate_and_export(cfg: dict, out_dir: Path, weights: Path, test_ids: list[str], done_steps: int) -> dict:
     from livedeid.training.heldout import evaluate, format_report
 
-    report = evaluate(model, cfg, test_ids)
-    (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    # The saved weights file is what is evaluated (and hashed), not the module in memory.
+    report = evaluate(weights, cfg, test_ids, out=out_dir / "eval.json")
     print(format_report(report))
     if not cfg["export"]:
         return report
     if not report["better_than_untrained"]:
-        print("NOT exported: the trained model does not de-identify better than the untrained one")
+        print("NOT exported: " + "; ".join(report["export_rule_failures"]))
         return report
-    from livedeid.training.export import export_model, held_out_self_match
+    from livedeid.training.export import export_model
 
     notes = cfg["export_notes"] or f"trained by livedeid train ({out_dir.name}, {done_steps} steps)"
     for line in export_model(weights=weights, trained=True, fp16=True, notes=notes,
                              window=int(cfg["model"]["window"]), max_perturbation=float(cfg["model"]["max_perturbation"]),
-                             held_out_self_match=held_out_self_match(out_dir / "eval.json")):
+                             evaluation=out_dir / "eval.json"):
         print(line)
     return report
 
@@ -342,5 +342,5 @@ def train(cfg: dict, progress: bool = True) -> dict:
               "train_ids": train_ids, "held_out_ids": test_ids}
     print(f"trained {done_steps - start} steps in {result['train_seconds']} s -> {weights}")
     if cfg["eval"]["enabled"]:
-        result["eval"] = _evaluate_and_export(model, cfg, out_dir, weights, test_ids, done_steps)
+        result["eval"] = _evaluate_and_export(cfg, out_dir, weights, test_ids, done_steps)
     return result
