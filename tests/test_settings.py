@@ -105,3 +105,64 @@ def test_config_reaches_the_pipeline_of_the_window(config_file, captured, capsys
     assert main(["gui", "--camera", "synthetic", "--no-virtual-camera", "--no-privacy-meter",
                  "--width", "320", "--height", "240", "--config", str(config_file)]) == 2
     _expect(config_file, captured, capsys)
+
+
+# -- one key at a time: each documented key, alone in a file, reaches each pipeline ------------
+def _one_key_file(tmp_path, key: str):
+    value = DOCUMENTED[key]
+    if key == "model":
+        value = str(engines_dir() / "deid.json")
+    if key == "profile":
+        save_profile(Profile(name="ada", pattern=np.zeros((3, 128, 128), np.float32), budget=8 / 255),
+                     tmp_path / "ada.npz")
+    path = tmp_path / f"{key}.json"
+    path.write_text(json.dumps({key: value}))
+    return path
+
+
+def _window_instead_of_the_event_loop(qapp):
+    """``run_panel`` as the real one builds the window (offscreen), minus Qt's event loop:
+    the window starts its pipeline worker from its settings; the test waits for it."""
+    from livedeid.panel.main_window import MainWindow
+
+    def run_panel(settings, *, mode="patient", monitor_source=None, theme="dark", privacy_meter=True):
+        window = MainWindow(settings, mode=mode, monitor_source=monitor_source, theme=theme, probe=False,
+                            privacy_meter=privacy_meter)
+        try:
+            worker = window.patient_tab.worker
+            worker.thread.join(120)
+            print(f"livedeid: error: {worker.error}", file=sys.stderr)
+        finally:
+            window.shutdown()
+            window.deleteLater()
+        return 2
+
+    return run_panel
+
+
+ENTRIES = {
+    "run": ["run", "--camera", "synthetic", "--no-virtual-camera", "--width", "320", "--height", "240"],
+    "process": ["process", "{in}", "{out}"],
+    "gui": ["gui", "--camera", "synthetic", "--no-virtual-camera", "--no-privacy-meter", "--width", "320",
+            "--height", "240"],
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+@pytest.mark.parametrize("key", sorted(DOCUMENTED))
+def test_each_key_alone_reaches_the_pipeline(tmp_path, key, entry, captured, capsys, monkeypatch, request):
+    path = _one_key_file(tmp_path, key)
+    if entry == "gui":
+        pytest.importorskip("PySide6", reason="the gui extra is not installed")
+        monkeypatch.setattr(panel, "run_panel", _window_instead_of_the_event_loop(request.getfixturevalue("qapp")))
+    if entry == "process":
+        write_video(tmp_path / "in.mp4", n=3)
+    argv = [a.format(**{"in": tmp_path / "in.mp4", "out": tmp_path / "out.mp4"}) for a in ENTRIES[entry]]
+    assert main([*argv, "--config", str(path)]) == 2
+    assert len(captured) == 1 and CAPTURED in capsys.readouterr().err
+    field = "manifest" if key == "model" else key
+    defaults = PipelineConfig()
+    changed = {f.name for f in dataclasses.fields(PipelineConfig)
+               if getattr(captured[0], f.name) != getattr(defaults, f.name)}
+    assert changed == {field}, f"{entry}: {key} from the file, the config built: {changed}"
+    assert captured[0] == load_pipeline_config(path)
