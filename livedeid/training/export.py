@@ -12,13 +12,13 @@ from those weights), listed in the manifest with its own hash.
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from livedeid.core import strict_json
 from livedeid.core.errors import UserError
 from livedeid.inference.manifest import (
     ENGINES_DIR,
@@ -133,7 +133,7 @@ def _write_evaluation(report: dict, path: Path, hashes: dict, parity: float) -> 
         "onnx_sha256": hashes["onnx_sha256"], "onnx_fp16_sha256": hashes["onnx_fp16_sha256"],
         "note": f"ONNX exported by `livedeid export` from the measured weights (parity max abs diff {parity:.2e}); "
                 "the evaluation itself ran the torch weights"}}
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(strict_json.dumps(report, indent=2) + "\n")
     return path, evaluation_self_match(report, path)
 
 

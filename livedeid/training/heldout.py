@@ -19,13 +19,13 @@ rule, :func:`export_rule_failures`, is not met; empty when it is).
 """
 from __future__ import annotations
 
-import json
 import math
 from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
+from livedeid.core import strict_json
 from livedeid.evaluation.baselines import Method, ModelMethod, parse_method
 from livedeid.evaluation.harness import CleanPhotos, MethodResult, face_psnr, load_clean_photos, measure_method
 from livedeid.evaluation.metrics import RecognizerMetrics, recognizer_metrics
@@ -175,7 +175,7 @@ def evaluate(weights: Path, cfg: dict, test_ids: list[str], names=("dlib", "sfac
 
 def _write_report(report: dict, path: Path) -> None:
     tmp = Path(path).with_name(f".{Path(path).name}.partial")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.write_text(strict_json.dumps(report, indent=2) + "\n")
     tmp.replace(path)  # whole or not at all: an older eval.json is never left half-overwritten
 
 
