@@ -141,3 +141,12 @@ def test_torture_cuts_clip_through_process_raw_0_and_reacquired(tmp_path):
     assert summary["raw"] == 0, summary["raw_faces"]
     assert summary["reacquisition"]["never"] == 0
     assert summary["reacquisition"]["max"] <= BOUND, summary["reacquisition"]
+
+
+def test_a_detection_is_held_only_where_the_track_box_agrees_with_it():
+    from livedeid.tracking.safety_net import held
+
+    track = (143, 97, 316, 258)  # the mesh, trailing a fast sweep (torture motion_blur, frame 22)
+    face = (220, 91, 376, 246)   # where the detector sees the face: its centre is inside the track's box
+    assert not held(face, [track])
+    assert held((147, 95, 312, 250), [track])

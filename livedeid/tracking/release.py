@@ -9,7 +9,8 @@ established that no unprotected face is under it:
 * every frame, each detector that runs (the face mesh's own detector and, when on, the
   full-range safety net) looks at the whole frame;
 * a frame counts as *clear* for a lost region when no detected face has its centre inside
-  the region, except faces a live (tracked, hence protected) track holds;
+  the region, except faces a live (tracked, hence protected) track holds (their boxes
+  agree: :func:`livedeid.tracking.safety_net.held`);
 * the region is released after ``clear_frames`` clear frames in a row (4 with the safety
   net, about 130 ms at 30 fps; 15 with the mesh alone, whose short-range detector misses
   more); one frame with a face there starts the count again.
@@ -21,6 +22,8 @@ net, in that same frame. So releasing never shows a face that the rest of the pi
 would not show anyway.
 """
 from __future__ import annotations
+
+from livedeid.tracking.safety_net import held
 
 Box = tuple[float, float, float, float]
 
@@ -47,7 +50,7 @@ class LostFaceRelease:
         """The lost track ids to release now. ``lost``: track id -> the region hidden for
         it in this frame; ``detections``: every face a detector found in this frame;
         ``live``: the boxes of the faces tracked (and so protected) in this frame."""
-        unheld = [d for d in detections if not any(centre_in(d, b) for b in live)]
+        unheld = [d for d in detections if not held(d, live)]
         counts = {}
         for track_id, region in lost.items():
             occupied = any(centre_in(d, region) for d in unheld)

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
+# A detected face is *held* by a track only when their boxes agree (intersection over
+# union at least this). Its centre inside the track's box is not enough: in a fast sweep
+# the mesh can trail the face by half a face width, its box still reaching over the
+# detection's centre while the face itself is mostly outside the protection. Aligned
+# boxes of the same face score 0.7-0.95 (the detector's box is a little tighter).
+HELD_IOU = 0.5
+
+
+def iou(a, b) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def held(box, tracked) -> bool:
+    """Whether a detected face ``box`` is held by one of the ``tracked`` boxes (:data:`HELD_IOU`)."""
+    return any(iou(box, t) >= HELD_IOU for t in tracked)
+
 
 class SafetyNet:
     """A second, independent face detector over every frame, for failing closed on faces
     the face mesh does not hold: MediaPipe's full-range BlazeFace (shipped in the wheel),
     which finds faces several times smaller than the mesh's short-range detector
-    (about 25 px wide in a 640 px frame). Each face it finds whose centre lies in no
-    track's box is returned for hiding, and stays hidden for ``hold_frames`` frames after
+    (about 25 px wide in a 640 px frame). Each face it finds that no track holds (their
+    boxes must agree, :func:`held`) is returned for hiding, and stays hidden for ``hold_frames`` frames after
     it was last seen (detectors flicker on small faces), its box growing meanwhile.
 
     The detector sees a 192 px image, so on the whole frame it misses faces under ~40 px
@@ -53,12 +71,11 @@ class SafetyNet:
     def update(self, rgb: np.ndarray, frame_hw: tuple[int, int],
                tracked: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
         """Boxes to hide in this frame: the faces found in ``rgb`` (the tracker's detection
-        copy of a ``frame_hw`` frame) whose centre lies in none of the ``tracked`` boxes,
+        copy of a ``frame_hw`` frame) that none of the ``tracked`` boxes holds (:func:`held`),
         plus those seen within the last ``hold_frames`` frames, with their margins."""
 
         def held_by_track(box) -> bool:
-            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            return any(t[0] <= cx <= t[2] and t[1] <= cy <= t[3] for t in tracked)
+            return held(box, tracked)
 
         self.last_detections = self.detect(rgb, frame_hw)
         fresh = [b for b in self.last_detections if not held_by_track(b)]
