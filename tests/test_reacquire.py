@@ -21,22 +21,29 @@ BOUND = 10  # frames from a face's appearance to its protection, at 30 fps
 def test_a_clear_region_is_released_after_its_clear_frames():
     rule = LostFaceRelease(clear_frames=3)
     lost = {7: (100, 100, 200, 200)}
-    assert rule.update(lost, [], []) == []
-    assert rule.update(lost, [], []) == []
-    assert rule.update(lost, [], []) == [7]
+    assert rule.update(lost, [], [], {7}) == []
+    assert rule.update(lost, [], [], {7}) == []
+    assert rule.update(lost, [], [], {7}) == [7]  # it was last seen leaving the picture
 
 
 def test_an_unheld_face_under_the_region_keeps_it_hidden():
     rule = LostFaceRelease(clear_frames=2)
     lost = {7: (100, 100, 200, 200)}
     face_there = [(130, 130, 170, 170)]
-    assert rule.update(lost, [], []) == []
-    assert rule.update(lost, face_there, []) == []  # the count starts again
-    assert rule.update(lost, [], []) == []
-    assert rule.update(lost, [], []) == [7]
+    assert rule.update(lost, [], [], {7}) == []
+    assert rule.update(lost, face_there, [], {7}) == []  # the count starts again
+    assert rule.update(lost, [], [], {7}) == []
+    assert rule.update(lost, [], [], {7}) == [7]
     # A face there for good: never released.
     rule = LostFaceRelease(clear_frames=2)
-    assert all(rule.update(lost, face_there, []) == [] for _ in range(50))
+    assert all(rule.update(lost, face_there, [], {7}) == [] for _ in range(50))
+
+
+def test_a_face_lost_where_it_sat_keeps_its_region_hidden():
+    # Turned to a profile no detector finds: nobody else is there and it did not leave.
+    rule = LostFaceRelease(clear_frames=2)
+    lost = {7: (100, 100, 200, 200)}
+    assert all(rule.update(lost, [], [(400, 100, 500, 200)]) == [] for _ in range(50))
 
 
 def test_a_face_a_live_track_holds_does_not_keep_the_region():

@@ -49,6 +49,11 @@ from livedeid.tracking.safety_net import SafetyNet
 log = logging.getLogger(__name__)
 
 
+def _at_edge(box, w: int, h: int, margin: int = 4) -> bool:
+    """Whether a face box touches (or crosses) the picture's border."""
+    return box[0] <= margin or box[1] <= margin or box[2] >= w - margin or box[3] >= h - margin
+
+
 def _lap(frame: Frame, stage: str, t0: float) -> float:
     """Record ``stage`` as the time since ``t0``; returns now, the next stage's start."""
     t1 = time.perf_counter()
@@ -143,7 +148,9 @@ class FrameProcessor:
         live = [f.bbox() for f in frame.faces if not f.is_lost]
         # The mesh's detections are its live tracks; the safety net adds its own.
         seen = live + (self.safety_net.last_detections if self.safety_net is not None else [])
-        gone = self.release.update(lost, seen, live)
+        h, w = hw
+        left = {f.track_id for f in frame.faces if f.is_lost and _at_edge(f.bbox(), w, h)}
+        gone = self.release.update(lost, seen, live, left)
         if gone:
             self.tracker.release(gone)
             frame.faces = [f for f in frame.faces if f.track_id not in gone]

@@ -13,7 +13,11 @@ established that no unprotected face is under it:
   agree: :func:`livedeid.tracking.safety_net.held`);
 * the region is released after ``clear_frames`` clear frames in a row (4 with the safety
   net, about 130 ms at 30 fps; 15 with the mesh alone, whose short-range detector misses
-  more); one frame with a face there starts the count again.
+  more); one frame with a face there starts the count again;
+* and only when the loss is explained: another face is tracked where the region lies (a
+  cut, a camera switch, a new person in the seat) or the face was last seen at the
+  picture's edge (it left). A face lost where it sat - turned to a profile no detector
+  finds - keeps its region hidden, as before this rule.
 
 A face still under the region but seen by no detector (turned away, under a hand) is then
 shown as it is - the same as a face no detector sees anywhere else in the picture - and
@@ -31,6 +35,10 @@ CLEAR_FRAMES_WITH_SAFETY_NET = 4
 CLEAR_FRAMES_MESH_ONLY = 15
 
 
+def _overlap(a: Box, b: Box) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
 def centre_in(box: Box, region: Box) -> bool:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return region[0] <= cx <= region[2] and region[1] <= cy <= region[3]
@@ -46,14 +54,23 @@ class LostFaceRelease:
         self.clear_frames = clear_frames
         self._clear: dict[int, int] = {}
 
-    def update(self, lost: dict[int, Box], detections: list[Box], live: list[Box]) -> list[int]:
+    def update(self, lost: dict[int, Box], detections: list[Box], live: list[Box],
+               left: set[int] | None = None) -> list[int]:
         """The lost track ids to release now. ``lost``: track id -> the region hidden for
         it in this frame; ``detections``: every face a detector found in this frame;
-        ``live``: the boxes of the faces tracked (and so protected) in this frame."""
+        ``live``: the boxes of the faces tracked (and so protected) in this frame;
+        ``left``: the lost tracks last seen at the picture's edge (they may have left)."""
         unheld = [d for d in detections if not held(d, live)]
         counts = {}
         for track_id, region in lost.items():
             occupied = any(centre_in(d, region) for d in unheld)
             counts[track_id] = 0 if occupied else self._clear.get(track_id, 0) + 1
         self._clear = counts
-        return [k for k, n in counts.items() if n >= self.clear_frames]
+
+        def explained(track_id: int) -> bool:
+            # Someone else is tracked where the region lies (a cut, a new person in the
+            # seat), or the face was last seen leaving the picture. A face that turned away
+            # where it was explains nothing: its region stays hidden.
+            return track_id in (left or set()) or any(_overlap(lost[track_id], b) for b in live)
+
+        return [k for k, n in counts.items() if n >= self.clear_frames and explained(k)]
