@@ -182,8 +182,8 @@ def main(argv=None) -> int:
           f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; {wall:.0f} s in all.", "",
           "frames: frames the pipeline finished (live: of the clip's frames); detected: frames in which the "
           "recogniser finds a face in the output; leaked: frames in which one matches a clean identity at the "
-          "recogniser's threshold; raw: frames with a visible face unprotected (a quarter of its core changed no "
-          "more than a JPEG q90 round trip changes it: livedeid.evaluation.leaks); hidden: frames in which the "
+          "recogniser's threshold; raw: frames with a visible face unprotected (a quarter of its core within 40 "
+          "dB PSNR of the input, codec noise: livedeid.evaluation.leaks); hidden: frames in which the "
           "fail-closed policy hid a region; hidden face-frames: visible faces under a hidden region; re-acquired "
           "within: the most frames from a face's appearance (start, entering, a cut, a jump) to its first "
           "protected, not hidden, output frame, and in brackets the appearances never protected. "
