@@ -42,6 +42,7 @@ def cmd_demo(args) -> int:
     from livedeid.io.sinks import FileSink
     from livedeid.io.sources import SyntheticSource
     from livedeid.pipeline.runner import Pipeline, TraceRecorder
+    from livedeid.rppg.spectrum import describe_report
 
     config = pipeline_config(args)
     check_output_path(args.out)
@@ -66,16 +67,9 @@ def cmd_demo(args) -> int:
     recorder = TraceRecorder()
     result = run_with_progress(Pipeline(source, proc, [sink], [recorder]), source.frame_count, args.quiet)
     hrs = recorder.heart_rates(config.hr_method)
-    def fmt(r: dict | None) -> str:
-        if r is None:
-            return "no reading (no face)"
-        if r["bpm"] is None:
-            return f"no reading (pulse signal too weak: quality {r['quality']})"
-        return f"{r['bpm']:.1f} bpm ({r['quality']})"
-
     print(f"true HR:   {args.hr:.1f} bpm")
-    print(f"input HR:  {fmt(hrs['input'])}")
-    print(f"output HR: {fmt(hrs['output'])}")
+    print(f"input HR:  {describe_report(hrs['input'])}")
+    print(f"output HR: {describe_report(hrs['output'])}")
     print_stats(result)
     print_warnings(proc, sys.stdout)
     print(f"wrote {args.out}")

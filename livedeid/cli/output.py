@@ -1,7 +1,6 @@
 """What commands print and write: progress, the speed table, JSON reports, output checks."""
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -36,8 +35,7 @@ def check_output_path(path: Path) -> None:
 def reading_json(reading) -> dict:
     """One live heart-rate reading as it appears in the JSON reports."""
     return {"t": round(reading.timestamp, 3), "bpm": None if reading.bpm is None else round(reading.bpm, 2),
-            "snr_db": round(reading.snr_db, 2) if math.isfinite(reading.snr_db) else None,
-            "quality": reading.quality}
+            "snr_db": round(reading.snr_db, 2), "quality": reading.quality}  # write_json: -inf -> null
 
 
 def run_with_progress(pipeline, total: int | None, quiet: bool):

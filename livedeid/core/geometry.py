@@ -83,3 +83,13 @@ def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Map (N, 2) points through a 2x3 affine matrix."""
     return np.asarray(pts) @ m[:, :2].T + m[:, 2]
+
+
+# -- boxes (x0, y0, x1, y1) -------------------------------------------------------------
+def overlap_area(a, b) -> float:
+    """Area of the intersection of two boxes (0 when they do not meet)."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def box_centre(box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2

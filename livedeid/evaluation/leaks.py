@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from livedeid.core.errors import UserError
+from livedeid.core.geometry import box_centre, overlap_area
 from livedeid.evaluation.torture import FaceTruth, FrameTruth
 
 # A face part changed by no more than this (PSNR, output against input) got codec noise, not protection.
@@ -100,17 +101,6 @@ def unprotected(image: np.ndarray, output: np.ndarray, box: tuple[int, int, int,
     return False
 
 
-def raw_faces(frame: OutputFrame, truth: FrameTruth) -> list[FaceTruth]:
-    """The visible faces of ``frame`` that reached the output unprotected (module docstring)."""
-    size = (frame.image.shape[1], frame.image.shape[0])
-    return [face for face in truth.visible_faces()
-            if (box := core_box(face, size)) is not None and unprotected(frame.image, frame.output, box)]
-
-
-def _overlap(a, b) -> int:
-    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-
-
 def face_state(frame: OutputFrame, face: FaceTruth) -> str:
     """``raw`` (unprotected), ``hidden`` (a fail-closed region over a quarter or more of its
     core) or ``protected``, for one visible face of ``frame``."""
@@ -121,7 +111,7 @@ def face_state(frame: OutputFrame, face: FaceTruth) -> str:
     if unprotected(frame.image, frame.output, box):
         return "raw"
     area = (box[2] - box[0]) * (box[3] - box[1])
-    if any(_overlap(box, h) * 4 >= area for h in frame.hidden_boxes):
+    if any(overlap_area(box, h) * 4 >= area for h in frame.hidden_boxes):
         return "hidden"
     return "protected"
 
@@ -135,7 +125,7 @@ def appearances(truth: list[FrameTruth]) -> list[tuple[int, str, int]]:
         for face in row.visible_faces():
             seen[face.identity] = face
             prev = last.get(face.identity)
-            jumped = prev is not None and math.dist(_centre(prev.box), _centre(face.box)) > 0.5 * (
+            jumped = prev is not None and math.dist(box_centre(prev.box), box_centre(face.box)) > 0.5 * (
                 face.box[2] - face.box[0])
             if face.identity not in open_at or jumped:
                 if face.identity in open_at:
@@ -149,23 +139,18 @@ def appearances(truth: list[FrameTruth]) -> list[tuple[int, str, int]]:
     return sorted(out)
 
 
-def _centre(box) -> tuple[float, float]:
-    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+def face_states(frames: list[OutputFrame], truth: list[FrameTruth]) -> dict[tuple[int, str], str]:
+    """:func:`face_state` of every visible face of every output frame, by (frame, identity)."""
+    return {(f.index, face.identity): face_state(f, face) for f in frames for face in truth[f.index].visible_faces()}
 
 
-def reacquisition(frames: list[OutputFrame], truth: list[FrameTruth]) -> dict:
+def reacquisition(states: dict[tuple[int, str], str], truth: list[FrameTruth]) -> dict:
     """Per appearance, the frames (of the clip) from it to the first output frame that
-    shows the face protected; ``max``/``mean`` over those protected, ``never`` the rest."""
-    by_index = {f.index: f for f in frames}
+    shows the face protected (``states``: :func:`face_states`); ``max``/``mean`` over those
+    protected, ``never`` the rest."""
     events = []
     for start, identity, end in appearances(truth):
-        delay = None
-        for k in range(start, end):
-            frame = by_index.get(k)
-            face = next((f for f in truth[k].visible_faces() if f.identity == identity), None)
-            if frame is not None and face is not None and face_state(frame, face) == "protected":
-                delay = k - start
-                break
+        delay = next((k - start for k in range(start, end) if states.get((k, identity)) == "protected"), None)
         events.append({"index": start, "identity": identity, "frames": end - start, "delay": delay})
     delays = [e["delay"] for e in events if e["delay"] is not None]
     return {"events": events, "max": max(delays) if delays else None,
@@ -179,13 +164,15 @@ def _psnr(sq_error: float, count: int) -> float:
 
 def protection_summary(frames: list[OutputFrame], truth: list[FrameTruth]) -> dict:
     """Model-independent counts for one run: frames, raw frames (with which face, how big,
-    how hidden and how many faces the tracker held), hidden frames, PSNR."""
+    how hidden and how many faces the tracker held), hidden frames and face-frames, the
+    re-acquisition delays, PSNR."""
+    states = face_states(frames, truth)
     raw_frames = []
     frame_err = face_err = 0.0
     frame_px = face_px = 0
     for frame in frames:
         row = truth[frame.index]
-        for face in raw_faces(frame, row):
+        for face in (f for f in row.visible_faces() if states[frame.index, f.identity] == "raw"):
             raw_frames.append({"index": frame.index, "identity": face.identity,
                                "width": face.box[2] - face.box[0], "visible": face.visible,
                                "occluded": face.occluded, "tracked": frame.tracked})
@@ -202,9 +189,8 @@ def protection_summary(frames: list[OutputFrame], truth: list[FrameTruth]) -> di
         "raw": len({r["index"] for r in raw_frames}),
         "raw_faces": raw_frames,
         "hidden": sum(1 for f in frames if f.hidden > 0),
-        "hidden_face_frames": sum(1 for f in frames for face in truth[f.index].visible_faces()
-                                  if face_state(f, face) == "hidden"),
-        "reacquisition": reacquisition(frames, truth),
+        "hidden_face_frames": sum(1 for state in states.values() if state == "hidden"),
+        "reacquisition": reacquisition(states, truth),
         "psnr_frame_db": _psnr(frame_err, frame_px),
         "psnr_face_db": _psnr(face_err, face_px),
     }

@@ -86,9 +86,16 @@ class HRResult:
 
     def describe(self) -> str:
         """One line for people: the number with its quality, or why there is none."""
-        if self.shown_bpm is None:
-            return f"no reading (pulse signal too weak: quality {self.quality})"
-        return f"{self.shown_bpm:.1f} bpm ({self.quality})"
+        return describe_report(self.report())
+
+
+def describe_report(report: dict | None) -> str:
+    """:meth:`HRResult.describe` of a reading as the reports give it (None: no face)."""
+    if report is None:
+        return "no reading (no face)"
+    if report["bpm"] is None:
+        return f"no reading (pulse signal too weak: quality {report['quality']})"
+    return f"{report['bpm']:.1f} bpm ({report['quality']})"
 
 
 def estimate_hr(pulse: np.ndarray, fs: float, band: tuple[float, float] = BAND_HZ,

@@ -27,6 +27,7 @@ would not show anyway.
 """
 from __future__ import annotations
 
+from livedeid.core.geometry import box_centre, overlap_area
 from livedeid.tracking.safety_net import held
 
 Box = tuple[float, float, float, float]
@@ -35,12 +36,8 @@ CLEAR_FRAMES_WITH_SAFETY_NET = 4
 CLEAR_FRAMES_MESH_ONLY = 15
 
 
-def _overlap(a: Box, b: Box) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
-
-
 def centre_in(box: Box, region: Box) -> bool:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    cx, cy = box_centre(box)
     return region[0] <= cx <= region[2] and region[1] <= cy <= region[3]
 
 
@@ -71,6 +68,6 @@ class LostFaceRelease:
             # Someone else is tracked where the region lies (a cut, a new person in the
             # seat), or the face was last seen leaving the picture. A face that turned away
             # where it was explains nothing: its region stays hidden.
-            return track_id in (left or set()) or any(_overlap(lost[track_id], b) for b in live)
+            return track_id in (left or set()) or any(overlap_area(lost[track_id], b) > 0 for b in live)
 
         return [k for k, n in counts.items() if n >= self.clear_frames and explained(k)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from livedeid.core.geometry import overlap_area
+
 # A detected face is *held* by a track only when their boxes agree (intersection over
 # union at least this). Its centre inside the track's box is not enough: in a fast sweep
 # the mesh can trail the face by half a face width, its box still reaching over the
@@ -13,7 +15,7 @@ HELD_IOU = 0.5
 
 
 def iou(a, b) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = overlap_area(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
