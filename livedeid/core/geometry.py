@@ -91,5 +91,11 @@ def overlap_area(a, b) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
+def inside_any(box, regions, share: float = 0.9) -> bool:
+    """Whether at least ``share`` of ``box``'s area lies inside one of ``regions``."""
+    area = max(1e-6, (box[2] - box[0]) * (box[3] - box[1]))
+    return any(overlap_area(box, r) >= share * area for r in regions)
+
+
 def box_centre(box) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2

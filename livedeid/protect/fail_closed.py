@@ -12,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from livedeid.core.geometry import inside_any
 from livedeid.core.records import FaceTrack, Frame
 from livedeid.core.settings import PipelineConfig
 from livedeid.protect.composite import clip_box
@@ -86,16 +87,18 @@ class FailClosed:
         if not cfg.protect:
             return out
         whole = cfg.startup_guard and frame.no_face_yet
+        h, w = out.shape[:2]
+        lost_boxes = [b for b in (hidden_box(f, (h, w)) for f in hidden) if b is not None]
+        # a face the safety net sees inside a lost face's hidden region is that face (it
+        # shrank or turned past the mesh): one face, one hidden region, counted once
+        frame.unheld_boxes = [u for u in frame.unheld_boxes if not inside_any(u, lost_boxes)]
         frame.fail_closed_regions = len(hidden) + len(frame.unheld_boxes) + int(whole)
         if not frame.fail_closed_regions:
             self._last_good = out
             return out
         if cfg.fail_closed == "hold" and self._last_good is not None and self._last_good.shape == out.shape:
             return self._last_good.copy()
-        h, w = out.shape[:2]
-        boxes = [(0, 0, w, h)] if whole else [b for b in (hidden_box(f, (h, w)) for f in hidden) if b is not None]
-        if not whole:
-            boxes += frame.unheld_boxes
+        boxes = [(0, 0, w, h)] if whole else lost_boxes + frame.unheld_boxes
         for box in boxes:
             frame.hidden_boxes.append(box)
             hide_region(out, box, "mask" if cfg.fail_closed == "hold" else cfg.fail_closed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from livedeid.core.geometry import overlap_area
+from livedeid.core.geometry import inside_any, overlap_area
 
 # A detected face is *held* by a track only when their boxes agree (intersection over
 # union at least this). Its centre inside the track's box is not enough: in a fast sweep
@@ -90,8 +90,11 @@ class SafetyNet:
                 same[0][:] = [*b, 0]
             else:
                 self._held.append([*b, 0])
-        # A face the mesh has taken over is the track's to protect now.
-        self._held = [e for e in self._held if e[4] <= self.hold_frames and not held_by_track(e)]
+        # A face the mesh has taken over is the track's to protect now; so is a face not seen
+        # this frame whose region now lies inside a tracked face (a person stepping back
+        # towards the camera: the small face of a moment ago is the big protected one now).
+        self._held = [e for e in self._held if e[4] <= self.hold_frames and not held_by_track(e)
+                      and not (e[4] > 0 and inside_any(e[:4], tracked))]
         h, w = frame_hw
         out = []
         for x0, y0, x1, y1, misses in self._held:
