@@ -102,3 +102,35 @@ def test_status_changes_are_reported_once_they_hold(shipped):
     assert changes.update(hidden, 2.6) is hidden          # held 0.6 s: reported once
     assert changes.update(hidden, 3.0) is None
     assert changes.show(partly) is partly and changes.shown is partly
+
+
+# -- `livedeid run` says the same, at start and when it changes --------------------------------------
+def _run(tmp_path, capsys, *extra) -> list[str]:
+    from livedeid.cli.main import main
+
+    rc = main(["run", "--camera", "synthetic", "--no-virtual-camera", "--no-refine", "--width", "320",
+               "--height", "240", "--duration", "3", "--engine", "onnxruntime", *extra])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    return [line for line in err.splitlines() if line.startswith("protection: ")]
+
+
+def test_run_prints_the_status_at_start(tmp_path, capsys, shipped):
+    from livedeid.io.profile import save_profile
+
+    path = save_profile(profile(True, 0.0, 0.02), tmp_path / "ada.npz")
+    lines = _run(tmp_path, capsys, "--profile", str(path))
+    assert lines[0] == st.protection_status(shipped, profile(True, 0.0, 0.02)).line()
+    assert lines[0].startswith("protection: PROTECTED - Your personal cloak was checked for you on 3 May 2025")
+
+
+def test_run_prints_the_status_when_it_changes(tmp_path, capsys, shipped):
+    from livedeid.io.profile import save_profile
+
+    # A cloak whose verification missed its target, with --hide-unverified: its wearer (the
+    # synthetic face) is hidden by the fail-closed policy, so the status turns to hidden.
+    path = save_profile(profile(False, 0.3, 0.5), tmp_path / "ada.npz")
+    lines = _run(tmp_path, capsys, "--profile", str(path), "--hide-unverified")
+    assert lines[0].startswith("protection: PARTLY PROTECTED - ") and "50 %" in lines[0]
+    assert lines[1].startswith("protection: HIDDEN - ")
+    assert len(lines) <= 3, lines  # the start guard's hide may show first; no flicker after that

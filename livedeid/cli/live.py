@@ -119,7 +119,7 @@ def cmd_run(args) -> int:
         source.close()
         raise
     pipeline = Pipeline(source, proc, sinks, [_preview_listener()] if args.preview else [])
-    pipeline.listeners.append(_status_line(pipeline))
+    pipeline.listeners.append(_status_line(pipeline, proc))
     refiner = refiner_for(proc, say=lambda line: print(line, file=sys.stderr)) if not args.no_refine else None
     if refiner is not None:
         pipeline.listeners.append(refiner)
@@ -175,11 +175,24 @@ def _run_sinks(args, source) -> list:
     return sinks
 
 
-def _status_line(pipeline):
-    """A listener printing fps, faces and heart rate on one stderr line, once a second."""
+def _status_line(pipeline, proc):
+    """A listener printing fps, faces and heart rate on one stderr line, once a second;
+    the protection status (:mod:`livedeid.pipeline.status`) on a line of its own now and
+    whenever it changes (after holding 0.5 s, so a two-frame hide does not flicker)."""
+    from livedeid.pipeline.status import StatusChanges, protection_status
+
     last = [time.monotonic()]
+    changes = StatusChanges()
+    colour = sys.stderr.isatty()
+    print(changes.show(protection_status(proc.spec, proc.profile, protect=proc.config.protect)).line(colour),
+          file=sys.stderr)
 
     def status(frame, processor):
+        now = protection_status(processor.spec, processor.profile, protect=frame.protected,
+                                hidden_regions=frame.fail_closed_regions, whole_picture_hidden=frame.no_face_yet)
+        changed = changes.update(now, frame.timestamp)
+        if changed is not None:
+            print(f"\r\033[K{changed.line(colour)}" if colour else f"\n{changed.line()}", file=sys.stderr)
         if time.monotonic() - last[0] >= 1.0:
             last[0] = time.monotonic()
             r = processor.hr.reading
