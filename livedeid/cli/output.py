@@ -32,12 +32,6 @@ def check_output_path(path: Path) -> None:
         raise UserError(f"output path is a folder: {path}")
 
 
-def reading_json(reading) -> dict:
-    """One live heart-rate reading as it appears in the JSON reports."""
-    return {"t": round(reading.timestamp, 3), "bpm": None if reading.bpm is None else round(reading.bpm, 2),
-            "snr_db": round(reading.snr_db, 2), "quality": reading.quality}  # write_json: -inf -> null
-
-
 def run_with_progress(pipeline, total: int | None, quiet: bool):
     from tqdm import tqdm
 

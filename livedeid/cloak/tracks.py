@@ -32,6 +32,7 @@ from livedeid.cloak.enrolment import (
     offer,
     select,
 )
+from livedeid.core.errors import UserError
 
 MIN_IOU = 0.5
 
@@ -47,15 +48,16 @@ class Tracks:
 
 
 def gather_tracks(path: str | Path, *, max_items: int = MAX_VIDEO_ITEMS, progress=None) -> Tracks:
-    """Pass 1 over the video ``path`` (module docstring). ``progress`` gets the frame index."""
-    from livedeid.io.sources import FileSource
+    """Pass 1 over the video ``path`` (a file or a folder of frames; module docstring).
+    ``progress`` gets the frame index."""
+    from livedeid.io.frames import open_video
     from livedeid.tracking.mesh import FaceTracker
 
     bins: dict[int, dict] = defaultdict(dict)
     seen: dict[int, int] = defaultdict(int)
     boxes: dict[int, list] = defaultdict(list)
     frames = 0
-    with FileSource(path) as src, FaceTracker(max_faces=4, crop_size=CROP_SIZE) as tracker:
+    with open_video(path) as src, FaceTracker(max_faces=4, crop_size=CROP_SIZE) as tracker:
         for frame in src:
             frames += 1
             for face in tracker.update(frame.image, frame.timestamp):
@@ -110,3 +112,28 @@ def track_summary(track: int, profile) -> dict:
                                                       "same_photo_match")}
                             for n, r in v.get("recognizers", {}).items()},
             "pattern_max": float(np.abs(profile.pattern).max())}
+
+
+def check_two_pass(steps: int | None) -> None:
+    """UserError now, before pass 1, for a two-pass run that cannot finish."""
+    import importlib.util
+
+    if steps is not None and not 1 <= steps <= 100_000:
+        raise UserError("--cloak-steps must be 1..100000")
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("--two-pass optimises cloaks and needs torch: pip install 'livedeid[enrol]'")
+
+
+def cloak_tracks(path: str | Path, build, *, progress=None, say=lambda line: None) -> TrackCloaks:
+    """Both halves of pass 1: :func:`gather_tracks` over ``path``, then a verified profile
+    per track from ``build(name, enrolment)`` (the command line's prints what it does).
+    The rule carries a per-track :func:`track_summary` for the run's report."""
+    tracks = gather_tracks(path, progress=progress)
+    say(f"pass 1: {len(tracks.enrolments)} face track(s) with enough frames for a cloak")
+    profiles, summary = {}, []
+    for track, enrolment in tracks.enrolments.items():
+        profiles[track] = build(f"track-{track}", enrolment)
+        summary.append(track_summary(track, profiles[track]))
+    cloaks = TrackCloaks(tracks, profiles)
+    cloaks.summary = summary
+    return cloaks

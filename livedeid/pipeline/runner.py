@@ -227,16 +227,20 @@ class TraceRecorder:
             self.rgb_in.append(np.full(3, np.nan))
             self.rgb_out.append(np.full(3, np.nan))
 
-    def heart_rates(self, method: str = "pos") -> dict:
-        """Whole-clip HR of input and output (None where too few frames had a face; the
-        reading's ``bpm`` None where its quality is poor)."""
+    def clip_results(self, method: str = "pos") -> dict:
+        """Whole-clip :class:`~livedeid.rppg.spectrum.HRResult` of ``input`` and ``output``
+        (None where too few frames had a face)."""
         from livedeid.rppg.monitor import trace_to_hr
 
         result = {}
         for name, rgb in (("input", self.rgb_in), ("output", self.rgb_out)):
             try:
-                hr, _ = trace_to_hr(np.array(self.t), np.array(rgb), method)
-                result[name] = hr.report()
+                result[name], _ = trace_to_hr(np.array(self.t), np.array(rgb), method)
             except ValueError:
                 result[name] = None
         return result
+
+    def heart_rates(self, method: str = "pos") -> dict:
+        """Whole-clip HR of input and output as the reports give it (None where too few
+        frames had a face; the reading's ``bpm`` None where its quality is poor)."""
+        return {name: None if hr is None else hr.report() for name, hr in self.clip_results(method).items()}

@@ -24,6 +24,11 @@ class HRReading:
     signal_s: float = 0.0    # seconds of usable signal behind this reading
     peak_bpm: float | None = None  # raw spectral peak even when poor: diagnostics only, not for display
 
+    def report(self) -> dict:
+        """The reading as the JSON reports give it (strict JSON writers turn -inf into null)."""
+        return {"t": round(self.timestamp, 3), "bpm": None if self.bpm is None else round(self.bpm, 2),
+                "snr_db": round(self.snr_db, 2), "quality": self.quality}
+
 
 class StreamingHR:
     """Causal heart rate from per-frame skin colours, for live use on output frames.
