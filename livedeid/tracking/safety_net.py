@@ -2,6 +2,7 @@
 face mesh does not hold (too small, too far, not yet tracked)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from livedeid.core.geometry import inside_any, overlap_area
@@ -25,18 +26,44 @@ def held(box, tracked) -> bool:
     return any(iou(box, t) >= HELD_IOU for t in tracked)
 
 
+# A detection confirms itself as a face (and is then held, growing, for ``hold_frames``
+# after it was last seen) at this score or when the face mesh finds a face in its crop.
+# On the speech clip every false detection (hands, a microphone, dark curtain, two of
+# them seen four frames running) scored 0.60-0.76 and none passed the mesh, against
+# 65 % of the real faces; held for 15 frames with growing margins, a one-frame false
+# detection became a blurred box for half a second (issue 17).
+CONFIRM_SCORE = 0.8
+# A detection not (yet) confirmed is hidden while it is seen and this many frames after:
+# a quarter tile comes round every four frames, so a small face only a tile sees stays
+# covered between its sightings.
+PENDING_FRAMES = 4
+# A detection lying this much inside a tracked face's box is part of that face (a tile
+# cutting the face, the mouth and a microphone): the track protects it already.
+PART_OF_TRACKED = 0.6
+
+
 class SafetyNet:
     """A second, independent face detector over every frame, for failing closed on faces
     the face mesh does not hold: MediaPipe's full-range BlazeFace (shipped in the wheel),
     which finds faces several times smaller than the mesh's short-range detector
     (about 25 px wide in a 640 px frame). Each face it finds that no track holds (their
-    boxes must agree, :func:`held`) is returned for hiding, and stays hidden for ``hold_frames`` frames after
-    it was last seen (detectors flicker on small faces), its box growing meanwhile.
+    boxes must agree, :func:`held`) is returned for hiding.
+
+    A detection is *confirmed* when its score reaches :data:`CONFIRM_SCORE` or the face
+    mesh finds a face in its crop; a confirmed face stays hidden for ``hold_frames``
+    frames after it was last seen (detectors flicker on small faces), its box growing
+    meanwhile. An unconfirmed one is hidden while seen and :data:`PENDING_FRAMES` after,
+    at its own size: a hand or a microphone the detector mistakes for a face for a frame
+    costs the picture a few frames, not half a second of a growing blur. A detection that
+    is mostly part of a tracked face (:data:`PART_OF_TRACKED`) is that face's track's to
+    protect; one that overlaps a tracked face less is hidden together with the tracked
+    face's box in that frame (the whole head rather than a part of a face).
 
     The detector sees a 192 px image, so on the whole frame it misses faces under ~40 px
     of a 640 px frame. Each frame therefore also looks at one quarter of the frame (2x2
     overlapping tiles in turn, at twice the resolution), finding faces down to ~20 px
-    within four frames for the cost of one more detector call per frame.
+    within four frames for the cost of one more detector call per frame. A face a tile's
+    inner edge cuts is never confirmed by its score alone (its box is a part of a face).
     """
 
     def __init__(self, min_confidence: float = 0.4, hold_frames: int = 15, margin: float = 0.35,
@@ -45,60 +72,110 @@ class SafetyNet:
 
         self._detector = mp.solutions.face_detection.FaceDetection(
             model_selection=1, min_detection_confidence=min_confidence)
+        # Verification of unconfirmed detections: the mesh's own (short-range) detector
+        # and landmarks on the detection's crop, where even a small face is large.
+        self._verifier = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, min_detection_confidence=0.5)
         self.hold_frames, self.margin, self.growth = hold_frames, margin, growth_per_frame
-        self._held: list[list] = []  # [x0, y0, x1, y1, frames since last seen]
+        # [x0, y0, x1, y1, frames since last seen, confirmed]
+        self._held: list[list] = []
         self._tile = 0
         self.last_detections: list[tuple[float, float, float, float]] = []  # every face of the last frame
 
     def close(self) -> None:
         self._detector.close()
+        self._verifier.close()
 
-    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int]) -> list[tuple[float, float, float, float]]:
-        """Face boxes (x0, y0, x1, y1) in full-frame pixels: the whole frame plus this
-        frame's tile (the next of the 2x2 overlapping quarters)."""
+    def detect_scored(self, rgb: np.ndarray, frame_hw: tuple[int, int]) -> list[tuple[tuple, float, bool]]:
+        """``(box, score, cut)`` of every face found: box (x0, y0, x1, y1) in full-frame
+        pixels, the detector's score, and whether this frame's tile cuts it (its box
+        touches an inner edge of the tile). The whole frame plus this frame's tile (the
+        next of the 2x2 overlapping quarters)."""
         h, w = frame_hw
         rh, rw = rgb.shape[:2]
         col, row = self._tile % 2, self._tile // 2
         self._tile = (self._tile + 1) % 4
         tw, th = int(rw * 0.6), int(rh * 0.6)  # quarters with 20 % overlap
         tx, ty = col * (rw - tw), row * (rh - th)
-        boxes = []
+        found = []
         for image, (ox, oy, sw, sh) in ((rgb, (0, 0, rw, rh)), (rgb[ty:ty + th, tx:tx + tw], (tx, ty, tw, th))):
             for det in self._detector.process(np.ascontiguousarray(image)).detections or []:
                 b = det.location_data.relative_bounding_box
+                # inner edges only: a tile's side on the frame's border cuts nothing
+                cut = ((ox > 0 and b.xmin <= 0.01) or (ox + sw < rw and b.xmin + b.width >= 0.99)
+                       or (oy > 0 and b.ymin <= 0.01) or (oy + sh < rh and b.ymin + b.height >= 0.99))
                 x0, y0 = (ox + b.xmin * sw) * w / rw, (oy + b.ymin * sh) * h / rh
-                boxes.append((x0, y0, x0 + b.width * sw * w / rw, y0 + b.height * sh * h / rh))
-        return boxes
+                box = (x0, y0, x0 + b.width * sw * w / rw, y0 + b.height * sh * h / rh)
+                found.append((box, float(det.score[0]), cut))
+        return found
+
+    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+        """Face boxes (x0, y0, x1, y1) in full-frame pixels (:meth:`detect_scored`)."""
+        return [box for box, _, _ in self.detect_scored(rgb, frame_hw)]
+
+    def _mesh_sees_face(self, rgb: np.ndarray, box, frame_hw) -> bool:
+        """Whether the face mesh finds a face in ``box`` (frame pixels) with a margin,
+        enlarged to 256 px wide."""
+        h, w = frame_hw
+        sy, sx = rgb.shape[0] / h, rgb.shape[1] / w
+        m = 0.5 * max(box[2] - box[0], box[3] - box[1])
+        x0, y0 = int(max(0, (box[0] - m) * sx)), int(max(0, (box[1] - m) * sy))
+        x1, y1 = int(min(rgb.shape[1], (box[2] + m) * sx)), int(min(rgb.shape[0], (box[3] + m) * sy))
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            return False
+        crop = rgb[y0:y1, x0:x1]
+        scale = 256 / crop.shape[1]
+        crop = cv2.resize(crop, (256, max(4, round(crop.shape[0] * scale))), interpolation=cv2.INTER_LINEAR)
+        return bool(self._verifier.process(np.ascontiguousarray(crop)).multi_face_landmarks)
 
     def update(self, rgb: np.ndarray, frame_hw: tuple[int, int],
                tracked: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
         """Boxes to hide in this frame: the faces found in ``rgb`` (the tracker's detection
         copy of a ``frame_hw`` frame) that none of the ``tracked`` boxes holds (:func:`held`),
-        plus those seen within the last ``hold_frames`` frames, with their margins."""
+        plus those seen recently (confirmed: within ``hold_frames``; unconfirmed: within
+        :data:`PENDING_FRAMES`), with their margins."""
 
         def held_by_track(box) -> bool:
             return held(box, tracked)
 
-        self.last_detections = self.detect(rgb, frame_hw)
-        fresh = [b for b in self.last_detections if not held_by_track(b)]
+        found = self.detect_scored(rgb, frame_hw)
+        self.last_detections = [box for box, _, _ in found]
         for entry in self._held:
             entry[4] += 1
-        for b in fresh:
+        heads = []
+        for b, score, cut in found:
+            if held_by_track(b):
+                continue
+            area = max(1e-6, (b[2] - b[0]) * (b[3] - b[1]))
+            share, face = max(((overlap_area(b, t) / area, t) for t in tracked), default=(0.0, None),
+                              key=lambda st: st[0])
+            if share >= PART_OF_TRACKED:
+                continue
+            if share > 0:
+                # partly over a tracked face (the mesh trailing a fast turn): hide the whole
+                # head, never a part of a face, for this frame; the next frame looks again
+                heads.append((min(b[0], face[0]), min(b[1], face[1]), max(b[2], face[2]), max(b[3], face[3])))
+                continue
             cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
             same = [e for e in self._held if e[0] <= cx <= e[2] and e[1] <= cy <= e[3]]
+            confirmed = (bool(same) and same[0][5]) or (score >= CONFIRM_SCORE and not cut)
+            if not confirmed:
+                confirmed = self._mesh_sees_face(rgb, b, frame_hw)
             if same:
-                same[0][:] = [*b, 0]
+                same[0][:] = [*b, 0, confirmed]
             else:
-                self._held.append([*b, 0])
+                self._held.append([*b, 0, confirmed])
         # A face the mesh has taken over is the track's to protect now; so is a face not seen
         # this frame whose region now lies inside a tracked face (a person stepping back
         # towards the camera: the small face of a moment ago is the big protected one now).
-        self._held = [e for e in self._held if e[4] <= self.hold_frames and not held_by_track(e)
+        self._held = [e for e in self._held
+                      if e[4] <= (self.hold_frames if e[5] else PENDING_FRAMES) and not held_by_track(e)
                       and not (e[4] > 0 and inside_any(e[:4], tracked))]
         h, w = frame_hw
         out = []
-        for x0, y0, x1, y1, misses in self._held:
-            m = (self.margin + self.growth * misses) * max(x1 - x0, y1 - y0, 8)
+        for x0, y0, x1, y1, misses, confirmed in self._held + [[*b, 0, False] for b in heads]:
+            grow = self.growth * misses if confirmed else 0.0
+            m = (self.margin + grow) * max(x1 - x0, y1 - y0, 8)
             box = (max(0, int(x0 - m)), max(0, int(y0 - m)), min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m))))
             if box[2] > box[0] and box[3] > box[1]:
                 out.append(box)
