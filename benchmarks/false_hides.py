@@ -19,7 +19,7 @@ The faces are those an independent detector (YuNet, shipped with SFace) finds in
 clean frame plus those the mesh tracks: a hidden region touching neither is taken to
 hide no face. Writes
 counts per frame as JSON and markdown and the worst frames (most off-face or partial
-hides) as PNG with the hidden regions outlined.
+hides) as JPEG with the hidden regions outlined.
 """
 from __future__ import annotations
 
