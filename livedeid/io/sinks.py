@@ -41,14 +41,30 @@ class NullSink(Sink):
         self.frames += 1
 
 
+LINUX_VIRTUAL_CAMERA_COMMAND = "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=livedeid"
+OBS_DOWNLOAD = "https://obsproject.com/download"
+
+
 def virtual_camera_hint() -> str:
     system = platform.system()
     if system == "Linux":
-        return ("install v4l2loopback and run: sudo modprobe v4l2loopback devices=1 exclusive_caps=1 "
-                "card_label=livedeid")
+        return f"install v4l2loopback and run: {LINUX_VIRTUAL_CAMERA_COMMAND}"
     if system == "Darwin":
         return "install OBS Studio and start its Virtual Camera once (OBS >= 30)"
     return "install OBS Studio (its virtual camera) or Unity Capture"
+
+
+def virtual_camera_setup() -> tuple[str, str]:
+    """How a patient sets up a virtual camera on this system: (one plain sentence, the
+    text a "copy" button puts on the clipboard: the command, or where to get OBS)."""
+    system = platform.system()
+    if system == "Linux":
+        return ("Video-call apps see livedeid through a virtual camera, which Linux provides once the "
+                "v4l2loopback module is installed and loaded: copy the command, paste it into a terminal "
+                "(it asks for your password), then press Check again.", LINUX_VIRTUAL_CAMERA_COMMAND)
+    app = "OBS Studio" + (" (version 30 or newer)" if system == "Darwin" else "")
+    return (f"Video-call apps see livedeid through a virtual camera: install {app} from the copied link, "
+            "open it once and click Start Virtual Camera, then press Check again.", OBS_DOWNLOAD)
 
 
 class VirtualCameraSink(Sink):

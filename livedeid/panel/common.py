@@ -92,6 +92,7 @@ class Snapshot:
     timestamp: float = 0.0
     index: int = 0
     fail_closed_regions: int = 0
+    no_face_yet: bool = False           # the start-up guard hides the whole picture
 
 
 def face_views(faces) -> list[FaceView]:

@@ -35,7 +35,7 @@ from livedeid.panel.monitor_tab import MonitorTab
 from livedeid.panel.patient_tab import PatientTab
 from livedeid.panel.plots import HeartRatePanel
 from livedeid.panel.video import VideoView
-from livedeid.panel.widgets import SYNTHETIC_SPEC, icon, scrolling, stylesheet
+from livedeid.panel.widgets import SYNTHETIC_SPEC, icon, plain_error, scrolling, stylesheet
 from livedeid.panel.workers import PanelSettings
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,9 @@ class MainWindow(QMainWindow):
         self.danger_banner = self._banner("dangerBanner")
         self.warn_banner = self._banner("warnBanner")
         self.error_banner = self._banner("errorBanner")
-        for b in (self.danger_banner, self.warn_banner, self.error_banner):
+        for b in (self.danger_banner, self.warn_banner):
             outer.addWidget(b)
+        outer.addWidget(self._build_error_bar())
 
         split = self.split = QSplitter(Qt.Orientation.Horizontal)
         split.setChildrenCollapsible(False)
@@ -150,6 +151,22 @@ class MainWindow(QMainWindow):
         banner.setWordWrap(True)
         banner.hide()
         return banner
+
+    def _build_error_bar(self) -> QWidget:
+        """The error banner with up to two buttons for what to do next."""
+        self.error_bar = QWidget()
+        row = QHBoxLayout(self.error_bar)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.error_banner.show()  # shown and hidden with its bar
+        row.addWidget(self.error_banner, 1)
+        self.error_actions = [QPushButton() for _ in range(2)]
+        self._error_slots: list = [None, None]
+        for i, button in enumerate(self.error_actions):
+            button.setObjectName(f"errorAction{i}")
+            button.hide()
+            row.addWidget(button)
+        self.error_bar.hide()
+        return self.error_bar
 
     def _build_video_column(self) -> QWidget:
         middle = QWidget()
@@ -185,6 +202,7 @@ class MainWindow(QMainWindow):
         return right
 
     def _build_status_bar(self) -> QStatusBar:
+        """Speed, latency, drops and engine: for developers, so hidden until asked for."""
         bar = QStatusBar()
         bar.setObjectName("statsBar")
         self.stat_fps = QLabel("-- fps")
@@ -193,9 +211,19 @@ class MainWindow(QMainWindow):
         self.stat_engine = QLabel("engine --")
         for w in (self.stat_fps, self.stat_latency, self.stat_dropped, self.stat_engine):
             w.setObjectName("stat")
+            w.hide()
             bar.addWidget(w)
         bar.addWidget(QLabel(), 1)
+        self.dev_details = QCheckBox("Developer details")
+        self.dev_details.setObjectName("devDetails")
+        self.dev_details.setToolTip("Frame rate, per-stage timings, dropped frames and the inference engine")
+        self.dev_details.toggled.connect(self._on_dev_details)
+        bar.addPermanentWidget(self.dev_details)
         return bar
+
+    def _on_dev_details(self, on: bool) -> None:
+        for w in (self.stat_fps, self.stat_latency, self.stat_dropped, self.stat_engine):
+            w.setVisible(on)
 
     def _on_overlay(self) -> None:
         self.video.show_box = self.box_toggle.isChecked()
@@ -294,14 +322,24 @@ class MainWindow(QMainWindow):
     # ==================================================================================
     # messages, shutdown
     # ==================================================================================
-    def show_error(self, text: str) -> None:
+    def show_error(self, text: str, actions: tuple = ()) -> None:
+        """One line of what went wrong (terminal commands taken out: a patient has none)
+        and up to two (label, callable) buttons for what to do next."""
         self.shown_error = text
-        self.error_banner.setText(text)
-        self.error_banner.show()
+        self.error_banner.setText(plain_error(text))
+        for i, (button, action) in enumerate(zip(self.error_actions, (*actions, None, None))):
+            if self._error_slots[i] is not None:
+                button.clicked.disconnect(self._error_slots[i])
+            self._error_slots[i] = action[1] if action is not None else None
+            button.setVisible(action is not None)
+            if action is not None:
+                button.setText(action[0])
+                button.clicked.connect(action[1])
+        self.error_bar.show()
 
     def hide_error(self) -> None:
         self.shown_error = None
-        self.error_banner.hide()
+        self.error_bar.hide()
 
     def shutdown(self) -> None:
         """Stop every thread and release camera, virtual camera and recording."""

@@ -66,9 +66,10 @@ def _native(recognizer, score: float) -> float:
 
 
 def _explain(recognizer, native: float) -> str:
+    # Shown only behind the meter's "Details": the recogniser's own number and threshold.
     if recognizer.metric == "cosine":
-        return f"cosine similarity {native:.2f} (same person at or above {recognizer.threshold:.3f})"
-    return f"distance {native:.2f} (same person at or below {recognizer.threshold:.2f})"
+        return f"likeness {native:.2f}; the same person scores {recognizer.threshold:.3f} or more"
+    return f"difference {native:.2f}; the same person scores {recognizer.threshold:.2f} or less"
 
 
 class PrivacyMeter:

@@ -7,6 +7,7 @@ heart-rate panel belong to the window that hosts the tab.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 from livedeid.core.errors import UserError
 from livedeid.core.settings import PipelineConfig
 from livedeid.io.sources import CameraSource, FileSource, open_source
+from livedeid.panel.readings import reading_rows, save_readings
 from livedeid.panel.screen import ScreenSource, screen_monitors
 from livedeid.panel.video import Pane
 from livedeid.panel.widgets import SYNTHETIC_SPEC, VIDEO_FILES, icon, source_label
@@ -78,6 +80,8 @@ class MonitorTab(QWidget):
         self.host = host
         self.config = config
         self.worker: MonitorWorker | None = None
+        self.measured: MonitorWorker | None = None  # the last watch, kept after Stop for saving its readings
+        self._last_start: tuple | None = None
         lay = QVBoxLayout(self)
         intro = QLabel("Watch someone's heart rate: open a recording, use a camera, or point at the "
                        "part of your screen that shows the patient's video. Nothing is de-identified "
@@ -85,6 +89,7 @@ class MonitorTab(QWidget):
         intro.setWordWrap(True)
         lay.addWidget(intro)
         lay.addWidget(self._build_watch_box())
+        lay.addWidget(self._build_save_box())
         self.status = QLabel("Nothing watched yet.")
         self.status.setObjectName("monitorStatus")
         self.status.setWordWrap(True)
@@ -101,8 +106,12 @@ class MonitorTab(QWidget):
         self.camera_button = QPushButton(icon("camera"), "Watch camera")
         self.camera_button.clicked.connect(self._on_camera)
         self.camera_button.setEnabled(False)
+        self.camera_combo.setEnabled(False)
         cam_row.addWidget(self.camera_combo, 1)
         cam_row.addWidget(self.camera_button)
+        self.camera_reason = QLabel("looking for cameras...")
+        self.camera_reason.setObjectName("reason")
+        self.camera_reason.setWordWrap(True)
         self.screen_button = QPushButton(icon("screen"), "Screen region...")
         self.screen_button.clicked.connect(self._on_screen)
         self.synthetic_button = QPushButton("Synthetic test face (72 bpm)")
@@ -113,11 +122,51 @@ class MonitorTab(QWidget):
         self.stop_button.clicked.connect(self.stop)
         g.addWidget(self.file_button)
         g.addLayout(cam_row)
+        g.addWidget(self.camera_reason)
         g.addWidget(self.screen_button)
         g.addWidget(self.synthetic_button)
         g.addWidget(self.realtime_check)
         g.addWidget(self.stop_button)
         return box
+
+    def _build_save_box(self) -> QGroupBox:
+        box = QGroupBox("Readings")
+        g = QVBoxLayout(box)
+        self.save_button = QPushButton("Save readings...")
+        self.save_button.setObjectName("saveReadings")
+        self.save_button.setToolTip("Every reading with its time, as CSV (spreadsheets) or JSON")
+        self.save_button.clicked.connect(self._on_save)
+        self.save_button.setEnabled(False)
+        self.save_reason = QLabel("no readings yet")
+        self.save_reason.setObjectName("reason")
+        self.save_reason.setWordWrap(True)
+        g.addWidget(self.save_button)
+        g.addWidget(self.save_reason)
+        return box
+
+    # -- saving -------------------------------------------------------------------------
+    def _on_save(self) -> None:
+        default = Path.home() / time.strftime("heart-rate-%Y%m%d-%H%M%S.csv")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the heart-rate readings", str(default),
+                                              "CSV (*.csv);;JSON (*.json)")
+        if path:
+            self.save(path)
+
+    def save(self, path: str | Path) -> Path | None:
+        """Write the last watch's readings to ``path`` (.csv or .json); None on a failure,
+        which the tab then says."""
+        m = self.measured
+        if m is None or not m.readings:
+            return None
+        n = min(len(m.readings), len(m.reading_times))  # the worker may be appending right now
+        about = {"source": m.description, "method": self.config.hr_method, "window_s": self.config.hr_window_s}
+        try:
+            saved = save_readings(path, reading_rows(m.readings[:n], m.reading_times[:n]), about)
+        except UserError as exc:
+            self.save_reason.setText(f"Not saved: {exc}")
+            return None
+        self.save_reason.setText(f"Saved {n} readings to {saved}")
+        return saved
 
     # -- switching tabs -------------------------------------------------------------------
     def activate(self) -> None:
@@ -133,6 +182,9 @@ class MonitorTab(QWidget):
         for c in cameras:
             self.camera_combo.addItem(c.label, c.index)
         self.camera_button.setEnabled(bool(cameras))
+        self.camera_combo.setEnabled(bool(cameras))
+        self.camera_reason.setText("" if cameras else "no camera found")
+        self.camera_reason.setVisible(not cameras)
 
     # -- what to watch --------------------------------------------------------------------
     def _on_file(self) -> None:
@@ -181,6 +233,9 @@ class MonitorTab(QWidget):
             label = source_label(value or SYNTHETIC_SPEC)
         else:
             raise ValueError(f"unknown monitor source kind {kind!r}")
+        self._last_start = (kind, value)
+        self.save_button.setEnabled(False)
+        self.save_reason.setText("no readings yet")
         self.host.set_mode("monitor")
         self.stop()
         self.host.hide_error()
@@ -189,8 +244,14 @@ class MonitorTab(QWidget):
         self.host.hr_panel.reset("measuring...")
         self.host.video.set_placeholder(f"opening {label}...")
         self.status.setText(f"Opening {label}...")
-        self.worker = MonitorWorker(make, realtime=self.realtime_check.isChecked(), hr_method=self.config.hr_method,
-                                    window_s=self.config.hr_window_s).start()
+        self.worker = self.measured = MonitorWorker(make, realtime=self.realtime_check.isChecked(),
+                                                    hr_method=self.config.hr_method,
+                                                    window_s=self.config.hr_window_s).start()
+
+    def restart(self) -> None:
+        """Watch the last source again (the next step after it failed)."""
+        if self._last_start is not None:
+            self.start(*self._last_start)
 
     def stop(self) -> None:
         worker, self.worker = self.worker, None
@@ -200,6 +261,9 @@ class MonitorTab(QWidget):
     # -- drawing (GUI thread, the window's timer) -----------------------------------------
     def draw(self) -> None:
         m = self.worker
+        if self.measured is not None and self.measured.readings and not self.save_button.isEnabled():
+            self.save_button.setEnabled(True)
+            self.save_reason.setText("")
         if m is None:
             return
         snap = m.latest.take()
@@ -208,7 +272,8 @@ class MonitorTab(QWidget):
             self.host.hr_panel.set_reading(snap.reading)
         if m.state == "failed":
             if m.error != self.host.shown_error:
-                self.host.show_error(f"Monitor stopped: {m.error}")
+                self.host.show_error(f"Monitor stopped: {m.error}",
+                                     (("Open a video file", self._on_file), ("Try again", self.restart)))
                 self.host.shown_error = m.error
                 self.host.video.set_placeholder(f"Monitor stopped: {m.error}")
             self.status.setText(f"Stopped: {m.error}")

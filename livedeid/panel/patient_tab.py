@@ -24,21 +24,27 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from livedeid.core.errors import UserError
 from livedeid.core.settings import ENGINE_NAMES, FAIL_CLOSED_POLICIES
-from livedeid.panel.meter import PrivacyMeter
+from livedeid.inference.manifest import load_spec
+from livedeid.io.profile import resolve_profile
+from livedeid.panel.meter import RECOGNISABLE, PrivacyMeter
 from livedeid.panel.meter_box import PrivacyMeterBox
 from livedeid.panel.output_box import OutputBox
+from livedeid.panel.status_box import ProtectionStatusBox, protection_off_text, state_style
 from livedeid.panel.video import Pane
 from livedeid.panel.widgets import (
     SYNTHETIC_SPEC,
     VIDEO_FILES,
     fill_source_combo,
     icon,
+    plain_error,
     repolish,
     select_data,
     source_label,
 )
 from livedeid.panel.workers import PanelSettings, PipelineWorker, SourceOpener
+from livedeid.pipeline import status as status_mod
 
 if TYPE_CHECKING:
     from livedeid.panel.main_window import MainWindow
@@ -68,6 +74,9 @@ class PatientTab(QWidget):
         self.cameras: list = []
         self._stats_frames = (0, time.monotonic())
         self._fps = 0.0
+        self.status_changes = status_mod.StatusChanges()
+        self.recognised_now: tuple[str, ...] = ()  # recognisers the live check matched on protected video
+        self._measured = self._load_measured()
         lay = QVBoxLayout(self)
         lay.addWidget(self._build_camera_box())
         lay.addWidget(self._build_protection_box())
@@ -109,12 +118,15 @@ class PatientTab(QWidget):
         config = self.settings.config
         box = QGroupBox("Protection")
         form = QFormLayout(box)
-        self.protect_button = QPushButton(icon("shield"), "Protection ON")
+        # The button is the switch; how much the switch protects is the status below it
+        # (and the button wears the status's colour, so the two never disagree).
+        self.protect_button = QPushButton(icon("shield"), "Protection filter ON")
         self.protect_button.setObjectName("protectButton")
         self.protect_button.setCheckable(True)
         self.protect_button.setChecked(config.protect)
         self.protect_button.setMinimumHeight(44)
         self.protect_button.clicked.connect(self._on_protect_clicked)
+        self.status_box = ProtectionStatusBox()
         self.engine_combo = QComboBox()
         for name in ENGINE_NAMES:
             self.engine_combo.addItem(name, name)
@@ -130,6 +142,7 @@ class PatientTab(QWidget):
         self.profile_label.setWordWrap(True)
         self._show_profile()
         form.addRow(self.protect_button)
+        form.addRow(self.status_box)
         form.addRow("Engine", self.engine_combo)
         form.addRow("If a face is lost", self.policy_combo)
         form.addRow("Personal cloak", self.profile_label)
@@ -146,6 +159,8 @@ class PatientTab(QWidget):
         settings, so the profile applies from its next start: True when one is running."""
         self.settings.config.profile = None if profile is None else Path(profile)
         self._show_profile()
+        self._measured = self._load_measured()
+        self.show_status(self.status_changes.show(self.protection_status()))
         return self.worker is not None and self.worker.alive
 
     def _build_meter_box(self) -> PrivacyMeterBox:
@@ -154,8 +169,11 @@ class PatientTab(QWidget):
         box = PrivacyMeterBox(self.meter.names if self.meter is not None else RECOGNIZER_NAMES)
         box.enrol_button.clicked.connect(self._on_enrol)
         if self.meter is None:
-            box.note.setText("Privacy meter switched off.")
+            box.summary.setText("The live privacy check is switched off.")
+            box.summary.setProperty("tone", "off")
+            box.note.hide()
             box.enrol_button.setEnabled(False)
+            box.enrol_button.setToolTip("the live privacy check is switched off")
         return box
 
     # ==================================================================================
@@ -199,9 +217,16 @@ class PatientTab(QWidget):
             else:
                 self.settings.source = SYNTHETIC_SPEC
                 self.host.show_error("No camera found: showing the built-in synthetic face instead. "
-                                     "Plug in a webcam and press 'Look for cameras again'.")
+                                     "Plug in a webcam, then look again.",
+                                     (("Look for cameras again", self.host.probe_cameras),))
             select_data(self.source_combo, self.settings.source)
             self.restart_pipeline()
+
+    def choose_another_source(self) -> None:
+        """The next step after a camera failed: look for cameras and open the chooser."""
+        self.host.probe_cameras()
+        self.source_combo.setFocus()
+        self.source_combo.showPopup()
 
     def _populate_sources(self) -> None:
         current = self.settings.source
@@ -299,10 +324,7 @@ class PatientTab(QWidget):
         box.setIcon(QMessageBox.Icon.Warning)
         box.setWindowTitle("Turn protection off?")
         box.setText("<b>Turning protection off shows your real face.</b>")
-        box.setInformativeText(
-            "Face-recognition systems will be able to identify you in anything that receives "
-            "this video. Choose 'Off, preview only' to look at the unprotected picture here "
-            "while the video call receives nothing.")
+        box.setInformativeText(protection_off_text(self.measured_status()))
         keep = box.addButton("Keep protection ON", QMessageBox.ButtonRole.RejectRole)
         keep.setObjectName("keepProtection")
         preview = box.addButton("Off, preview only", QMessageBox.ButtonRole.AcceptRole)
@@ -321,11 +343,12 @@ class PatientTab(QWidget):
         if self.worker is not None:
             self.worker.set_protection(protect, send_unprotected)
         self.protect_button.setChecked(protect)
-        self.protect_button.setText("Protection ON" if protect else "Protection OFF")
+        self.protect_button.setText("Protection filter ON" if protect else "Protection filter OFF")
         self.protect_button.setIcon(icon("shield") if protect else QIcon())
         self.protect_button.setToolTip("" if protect else "Click to turn protection back on")
         self.protect_button.setProperty("off", not protect)
         repolish(self.protect_button)
+        self.show_status(self.status_changes.show(self.protection_status()))
         banner = self.host.danger_banner
         if protect:
             banner.hide()
@@ -337,10 +360,50 @@ class PatientTab(QWidget):
                 "nothing until you turn protection back on.")
             banner.show()
 
+    # -- the one status (livedeid.pipeline.status) --------------------------------------
+    def _load_measured(self):
+        """(model spec, profile) whose measurements the status reports: what the next
+        pipeline will load. None when they cannot be read (the pipeline then fails and says why)."""
+        config = self.settings.config
+        try:
+            return load_spec(config.manifest), (resolve_profile(config.profile) if config.profile else None)
+        except UserError as exc:
+            log.warning("protection status: %s", exc)
+            return None
+
+    def _spec_and_profile(self):
+        processor = self.worker.processor if self.worker is not None else None
+        if processor is not None:  # what is running now
+            return processor.spec, processor.profile
+        return self._measured if self._measured is not None else (None, None)
+
+    def measured_status(self) -> status_mod.ProtectionStatus | None:
+        """What protection on gives here, from the measurements (no live state)."""
+        spec, profile = self._spec_and_profile()
+        return None if spec is None else status_mod.measured_status(spec, profile, self.recognised_now)
+
+    def protection_status(self, snap=None) -> status_mod.ProtectionStatus | None:
+        """The status now: the switches, the measurements, and from the newest frame
+        (``snap``) whether a face is being hidden."""
+        spec, profile = self._spec_and_profile()
+        if spec is None:
+            return None
+        return status_mod.protection_status(
+            spec, profile, protect=self.settings.config.protect, sending_unprotected=self.settings.send_unprotected,
+            hidden_regions=snap.fail_closed_regions if snap is not None and snap.protected else 0,
+            whole_picture_hidden=bool(snap is not None and snap.protected and snap.no_face_yet),
+            recognised_now=self.recognised_now)
+
+    def show_status(self, status: status_mod.ProtectionStatus | None) -> None:
+        if status is None:
+            return
+        self.status_box.show_status(status)
+        self.protect_button.setStyleSheet(state_style(status, "#protectButton"))
+
     def _on_enrol(self) -> None:
         if self.meter is not None:
             self.meter.enrol()
-            self.meter_box.note.setText("Enrolling from the next camera frame...")
+            self.meter_box.note.setText("Taking a new reference picture from the next camera frame...")
 
     # ==================================================================================
     # drawing (GUI thread, the window's timer)
@@ -354,24 +417,30 @@ class PatientTab(QWidget):
         if snap is not None:
             side_by_side = self.host.side_by_side.isChecked()
             if snap.protected:
-                after = Pane(snap.output, "AFTER - protected output" if side_by_side else "Protected output",
+                after = Pane(snap.output, "AFTER - filtered output" if side_by_side else "Filtered output",
                              "protected")
             else:
                 after = Pane(snap.output, "UNPROTECTED - your real face", "unprotected")
             panes = [Pane(snap.image, "BEFORE - camera (never sent)", "camera"), after] if side_by_side else [after]
             self.host.video.show_panes(panes, snap.faces)
             self.host.hr_panel.set_reading(snap.reading)
+            if snap.protected == self.settings.config.protect:  # not a frame from before the switch
+                changed = self.status_changes.update(self.protection_status(snap), time.monotonic())
+                self.show_status(changed)
         if worker.state == "failed":
             text = f"The camera pipeline stopped: {worker.error or 'unknown error'}"
             if text != self.host.shown_error:
-                self.host.show_error(text)
-                self.host.video.set_placeholder(text)
+                self.host.show_error(text, (("Choose another camera", self.choose_another_source),
+                                            ("Try again", self.restart_pipeline)))
+                self.host.video.set_placeholder(plain_error(text))
 
     def draw_meter(self) -> None:
         if self.meter is not None:
             report = self.meter.reports.take()
             if report is not None:
                 self.meter_box.show_report(report)
+                self.recognised_now = tuple(sorted(
+                    n for n, v in report.verdicts.items() if v.status == RECOGNISABLE)) if report.protected else ()
 
     def update_stats(self) -> None:
         """The status bar's speed, latency and engine; the model's warning banner."""
@@ -397,11 +466,10 @@ class PatientTab(QWidget):
         proc = w.processor
         host.stat_engine.setText(f"engine: {proc.engine.describe()}")
         host.stat_engine.setToolTip(f"{proc.engine_reason}\n" + "\n".join(f"skipped {s}" for s in proc.engine_skipped))
-        warning = proc.warning or ""
+        # The model's and the cloak's measured protection is the status box's to say (in
+        # plain words, numbers behind Details); the banner only tells what just happened.
         if proc.events:
-            warning = (warning + "\n" if warning else "") + proc.events[-1]
-        if warning:
-            host.warn_banner.setText(f"WARNING: {warning}")
+            host.warn_banner.setText(proc.events[-1])
             host.warn_banner.show()
         else:
             host.warn_banner.hide()

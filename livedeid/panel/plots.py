@@ -26,6 +26,7 @@ class HeartRatePanel(QFrame):
 
         self.title = QLabel(title)
         self.title.setObjectName("panelTitle")
+        self.title.setWordWrap(True)
         self.bpm_label = QLabel(NO_NUMBER)
         self.bpm_label.setObjectName("bpm")
         self.bpm_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -45,8 +46,12 @@ class HeartRatePanel(QFrame):
         top.addWidget(self.bpm_label, 0)
         top.addWidget(self.unit, 0, Qt.AlignmentFlag.AlignBottom)
         top.addStretch(1)
-        top.addWidget(self.light, 0, Qt.AlignmentFlag.AlignVCenter)
-        top.addWidget(self.quality_label, 0, Qt.AlignmentFlag.AlignVCenter)
+        # The light and its words on their own row: beside a 64 pt number, in the window's
+        # narrowest right column, "no reading (no face)" was cut off.
+        quality = QHBoxLayout()
+        quality.addWidget(self.light, 0, Qt.AlignmentFlag.AlignVCenter)
+        quality.addWidget(self.quality_label, 1, Qt.AlignmentFlag.AlignVCenter)
+        self.quality_label.setWordWrap(True)
 
         pg.setConfigOptions(antialias=True)
         self.wave_plot = pg.PlotWidget()
@@ -80,6 +85,7 @@ class HeartRatePanel(QFrame):
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
         layout.addLayout(top)
+        layout.addLayout(quality)
         layout.addWidget(self.detail)
         layout.addWidget(self.wave_plot, 1)
         layout.addWidget(self.spec_plot, 1)

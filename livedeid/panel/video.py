@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from livedeid.panel.common import FaceView
 
 COLOURS = {
-    "protected": QColor("#1e9e5a"),
+    "protected": QColor("#3b7dd8"),  # not green: green is kept for the measured "protected" status
     "unprotected": QColor("#d32f2f"),
     "camera": QColor("#5b6470"),
     "monitor": QColor("#2d6cdf"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -88,3 +89,13 @@ def source_label(spec: str) -> str:
         hr = spec.split(":", 1)[1] if ":" in spec else "72"
         return f"synthetic face, {hr} bpm"
     return f"video file: {Path(spec).name}"
+
+
+# "(see `livedeid doctor` for ...)" and "; fix: sudo ..." speak to a terminal user.
+_TERMINAL_ASIDE = re.compile(r"\s*\([^()]*`[^`]*`[^()]*\)|;\s*fix:.*$")
+
+
+def plain_error(text: str) -> str:
+    """An error for the window: without the asides that send the user to a terminal (the
+    window offers the next step as a button instead)."""
+    return _TERMINAL_ASIDE.sub("", text).strip()

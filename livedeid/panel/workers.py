@@ -258,7 +258,7 @@ class PipelineWorker(ThreadWorker):
         self.latest.put(Snapshot(image=frame.image, output=frame.output, protected=frame.protected,
                                  faces=face_views(frame.faces), reading=processor.hr.reading,
                                  timestamp=frame.timestamp, index=frame.index,
-                                 fail_closed_regions=frame.fail_closed_regions))
+                                 fail_closed_regions=frame.fail_closed_regions, no_face_yet=frame.no_face_yet))
         if self.meter is not None:
             self.meter.submit(frame.image, frame.output, frame.protected)
 
@@ -327,6 +327,7 @@ class MonitorWorker(ThreadWorker):
         self.realtime = realtime
         self.hr_method, self.window_s = hr_method, window_s
         self.readings: list = []
+        self.reading_times: list[float] = []  # wall clock (time.time()) of each reading, for the saved file
         self.frames = 0
         self.fps = 0.0
         self.description = ""
@@ -363,6 +364,7 @@ class MonitorWorker(ThreadWorker):
             self.state = "running"
             for step in monitor_frames(self._frames(source), tracker, hr):
                 if step.new_reading:
+                    self.reading_times.append(time.time())
                     self.readings.append(step.reading)
                 self.frames += 1
                 fps_n += 1
