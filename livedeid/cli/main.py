@@ -1,4 +1,5 @@
-"""Command line: ``livedeid demo | run | process | monitor | doctor | gui | enrol | eval | train | export | bench``.
+"""Command line: ``livedeid demo | run | process | batch | monitor | doctor | gui | enrol | eval | train | export |
+bench``.
 
 User errors (bad path, no camera, bad config, missing device) print one line
 ``livedeid: error: ...`` and exit with status 2; nothing partial is left behind.
@@ -16,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from livedeid import __version__  # noqa: E402
-from livedeid.cli import dev, doctor, enrol, files, live  # noqa: E402
+from livedeid.cli import batch, dev, doctor, enrol, files, live  # noqa: E402
 from livedeid.core.errors import UserError  # noqa: E402
 
 
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"livedeid {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (live.add_demo_parser, live.add_run_parser, files.add_process_parser, files.add_monitor_parser,
+    for add in (live.add_demo_parser, live.add_run_parser, files.add_process_parser, batch.add_batch_parser,
+                files.add_monitor_parser,
                 doctor.add_doctor_parser, live.add_gui_parser, enrol.add_enrol_parser, dev.add_eval_parser,
                 dev.add_train_parser,
                 dev.add_export_parser, dev.add_bench_parser):
