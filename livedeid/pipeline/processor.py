@@ -39,6 +39,7 @@ from livedeid.pipeline.stats import STAGES
 from livedeid.protect.cloak import cloak_face
 from livedeid.protect.composite import apply_protection, draw_hr_overlay
 from livedeid.protect.fail_closed import FailClosed, hidden_box, split_faces
+from livedeid.protect.residuals import ResidualCache
 from livedeid.protect.windows import FaceWindows
 from livedeid.rppg.regions import mean_skin_rgb
 from livedeid.rppg.streaming import StreamingHR
@@ -100,6 +101,7 @@ class FrameProcessor:
         self.release = LostFaceRelease(CLEAR_FRAMES_WITH_SAFETY_NET if self.safety_net is not None
                                        else CLEAR_FRAMES_MESH_ONLY)
         self.windows = FaceWindows(self.spec.window, self.spec.crop_size)
+        self.residuals = ResidualCache(self.config.engine_every)
         self.hr = StreamingHR(method=self.config.hr_method, window_s=self.config.hr_window_s)
         self.hiding = FailClosed(self.config)
         self.events: deque[str] = deque(maxlen=100)
@@ -132,8 +134,12 @@ class FrameProcessor:
         t = time.perf_counter()
         rgb = self.tracker.detection_rgb(frame.image)
         frame.faces = self.tracker.update(frame.image, frame.timestamp, rgb)
+        # parts of the track stage, for profiles (not in STAGES: the total counts them once)
+        t_mesh = time.perf_counter()
+        frame.stage_ms["track.mesh"] = (t_mesh - t) * 1000.0
         if self.safety_net is not None:
             frame.unheld_boxes = self.safety_net.update(rgb, frame.image.shape[:2], [f.bbox() for f in frame.faces])
+        frame.stage_ms["track.safety_net"] = (time.perf_counter() - t_mesh) * 1000.0
         self._release_lost(frame)
         self._face_seen = self._face_seen or bool(frame.faces) or bool(frame.unheld_boxes)
         frame.no_face_yet = not self._face_seen
@@ -164,10 +170,10 @@ class FrameProcessor:
             hidden += [f for f in trusted if not any(f is g for g in shown)]
             trusted = shown
         alive = {f.track_id for f in frame.faces}
-        for windows in self._window_sets():
+        for per_track in (*self._window_sets(), self.residuals):
             for f in hidden:
-                windows.reset(f.track_id)
-            windows.retain(alive)
+                per_track.reset(f.track_id)
+            per_track.retain(alive)
         return trusted, hidden
 
     def verified_faces(self, frame: Frame, trusted: list[FaceTrack]) -> list[FaceTrack]:
@@ -194,13 +200,16 @@ class FrameProcessor:
                 cloak_face(face, profile.pattern, profile.region_grow)
             if wearers:
                 frame.cloak_track = wearers[0][0].track_id
-            rest = [(f, w) for f, w in zip(trusted, windows) if not any(f is g for g, _ in wearers)]
+            # faces without a cloak: the network, or its last residual between runs
+            rest = [(f, w) for f, w in zip(trusted, windows)
+                    if not any(f is g for g, _ in wearers) and not self.residuals.wear(f)]
             protected = self.run_engine(np.stack([w for _, w in rest])) if rest else []
             if protected is None:  # every engine failed: fail closed on all faces
                 trusted, hidden = [], list(frame.faces)
             else:
                 for (f, _), p in zip(rest, protected):
                     f.protected = p
+                    self.residuals.store(f)
         t = _lap(frame, "engine", t)
         out = frame.image.copy()
         if self.config.protect:
