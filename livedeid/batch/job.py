@@ -49,11 +49,15 @@ def connect(ray, workers: int, address: str | None, cpus_per_video: float, verbo
         if address:
             ray.init(address=address, **common)
         else:
-            ray.init(num_cpus=max(1, int(round(workers * cpus_per_video))), object_store_memory=OBJECT_STORE_BYTES,
+            # "local": a new cluster of our size even when another one runs on this machine
+            ray.init(address="local", num_cpus=max(1, int(round(workers * cpus_per_video))),
+                     object_store_memory=OBJECT_STORE_BYTES,
                      include_dashboard=False, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+        hint = ("; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN or ~/.ray/auth_token) here" if address else "")
+        raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
     return True
 
 
@@ -70,9 +74,11 @@ def task_resources(ray, cpus_per_video: float) -> dict:
 
 def run_batch(items: list[VideoItem], settings: dict, digest: str, output: Path, *, workers: int,
               address: str | None = None, cpus_per_video: float = 1.0, retries: int = 2, quiet: bool = False,
-              verbose: bool = False, on_report: Callable[[dict], None] | None = None) -> dict:
+              verbose: bool = False, on_report: Callable[[dict], None] | None = None,
+              on_start: Callable[[], None] = lambda: None) -> dict:
     """Run every unfinished video of ``items``; returns the summary's counts (and the
-    reports under ``reports``). Each report is written as it comes back."""
+    reports under ``reports``). Each report is written as it comes back. ``on_start`` is
+    called once the cluster is reached, before anything is written (it creates OUTPUT)."""
     ray = import_ray()
     output = Path(output)
     reports, todo = {}, deque()
@@ -87,6 +93,7 @@ def run_batch(items: list[VideoItem], settings: dict, digest: str, output: Path,
         return {**counts, "skipped": len(reports), "reports": reports}
     started = connect(ray, workers, address, cpus_per_video, verbose)
     try:
+        on_start()
         return _drive(ray, items, reports, todo, settings, digest, output, cpus_per_video, retries, quiet, on_report)
     finally:
         if started:

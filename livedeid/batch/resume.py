@@ -97,9 +97,9 @@ def write_json_atomic(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def claim_output(output: Path, record: dict) -> str:
-    """Start or continue the job in ``output``: its settings hash; UserError when ``output``
-    holds a job with other settings."""
+def check_output(output: Path, record: dict) -> str:
+    """The settings hash of a job that may start or continue in ``output`` (nothing is
+    written); UserError when ``output`` holds a job with other settings."""
     digest = settings_hash(record)
     path = job_folder(output) / "job.json"
     if path.is_file():
@@ -111,9 +111,17 @@ def claim_output(output: Path, record: dict) -> str:
             changed = _differences(saved.get("settings", {}), record)
             raise UserError(f"{output} holds a batch run with other settings ({changed}); rerun with the same "
                             f"settings to resume it, or use another OUTPUT")
-        return digest
-    write_json_atomic(path, {"settings_hash": digest, "settings": record})
     return digest
+
+
+def claim_output(output: Path, record: dict) -> None:
+    """Create ``output`` and record the job's settings in it (once the work can start)."""
+    path = job_folder(output) / "job.json"
+    if not path.is_file():
+        try:
+            write_json_atomic(path, {"settings_hash": settings_hash(record), "settings": record})
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> str:

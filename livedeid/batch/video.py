@@ -81,6 +81,8 @@ def process_item(item: VideoItem, settings: dict, digest: str, previous: dict | 
         where = traceback.extract_tb(exc.__traceback__)[-1]
         report["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} " \
                           f"({Path(where.filename).name}:{where.lineno})"
+    if report["status"] == "failed":
+        _remove_empty_folders(item)
     report["wall_s"] = round(time.monotonic() - start, 2)
     return report
 
@@ -159,3 +161,19 @@ def _remove_stale_partials(item: VideoItem) -> None:
     pattern = f".{out.name}.*.partial" if item.kind == "frames" else f".{out.stem}.*.partial{out.suffix}*"
     for stale in out.parent.glob(pattern) if out.parent.is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _remove_empty_folders(item: VideoItem) -> None:
+    """The mirror folders made for a video that failed, if nothing else is in them: an empty
+    ``subjectN/`` would look like a subject without a video to a dataset loader. Only in the
+    dataset layouts, where a folder holds one video (elsewhere another task may be about to
+    write into the same folder)."""
+    if item.layout not in ("ubfc", "pure"):
+        return
+    folder = item.output.parent
+    for _ in Path(item.key).parts[:-1]:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
+        folder = folder.parent

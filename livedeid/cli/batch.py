@@ -43,7 +43,7 @@ def add_batch_parser(sub) -> None:
 def cmd_batch(args) -> int:
     from livedeid.batch.inputs import discover
     from livedeid.batch.job import import_ray, run_batch
-    from livedeid.batch.resume import claim_output, job_folder, settings_record
+    from livedeid.batch.resume import check_output, claim_output, job_folder, settings_record
 
     import_ray()  # not installed: one line, before any work
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
@@ -62,16 +62,12 @@ def cmd_batch(args) -> int:
                         "use lossless or h264")
     record = settings_record(config, codec=args.codec, audio=not args.no_audio, two_pass=args.two_pass,
                              cloak_steps=args.cloak_steps)
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {args.output}: {exc.strerror or exc}") from None
-    digest = claim_output(args.output, record)
+    digest = check_output(args.output, record)
     layouts = sorted({i.layout for i in items})
     print(f"batch: {len(items)} videos ({', '.join(layouts)}) -> {args.output}", file=sys.stderr)
     counts = run_batch(items, record, digest, args.output, workers=workers, address=args.address,
                        cpus_per_video=args.cpus_per_video, retries=args.retries, quiet=args.quiet,
-                       verbose=args.verbose)
+                       verbose=args.verbose, on_start=lambda: claim_output(args.output, record))
     mae = counts["hr_mae"]
     hr = (f"; HR MAE vs ground truth input {mae['input']:.2f} bpm, output {mae['output']:.2f} bpm "
           f"({mae['videos']} videos)" if mae["videos"] else "")
