@@ -61,7 +61,7 @@ install-check:
 	     r = json.load(open('demo_hr.json')); print('install-check: ok,', a.engines_dir())"
 
 test: lint install-check
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -rs
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -rs --durations=30
 
 clean:
 	rm -rf $(VENV) out test-artifacts build
