@@ -262,3 +262,70 @@ def test_two_pass_reports_each_tracks_verified_self_match_and_plots_it(dataset, 
     assert row["self_match_dlib"] != "" and row["self_match_sface"] != ""
     assert (out / "livedeid_batch" / "self_match.png").stat().st_size > 1000
     assert len(_frames(out / "subject1" / "vid.avi")) == 60
+
+
+def test_the_walk_finds_each_layout_and_mirrors_it(tmp_path):
+    from livedeid.batch.inputs import discover
+
+    root = tmp_path / "in"
+    for rel in ("talks/2024/a.mp4", "talks/b.MKV", "subject7/vid.avi", ".hidden/c.mp4", "talks/.d.partial.mp4",
+                "02-03/02-03/Image1000.png", "notes/readme.txt", "frames_only/Image5.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "subject7" / "ground_truth.txt").write_text("1 2 3\n")
+    (root / "02-03" / "02-03.json").write_text("{}")
+    items = {i.key: i for i in discover(root, tmp_path / "out")}
+    assert sorted(items) == ["02-03/02-03", "subject7/vid.avi", "talks/2024/a.mp4", "talks/b.MKV"]
+    assert (items["02-03/02-03"].kind, items["02-03/02-03"].layout) == ("frames", "pure")
+    assert items["02-03/02-03"].truth_output == tmp_path / "out" / "02-03" / "02-03.json"
+    assert items["subject7/vid.avi"].layout == "ubfc" and items["subject7/vid.avi"].subject == "subject7"
+    assert items["talks/2024/a.mp4"].output == tmp_path / "out" / "talks" / "2024" / "a.mp4"
+    assert items["talks/b.MKV"].layout == "folder" and items["talks/b.MKV"].truth is None
+
+
+def test_manifest_and_output_placement_errors(tmp_path):
+    from livedeid.batch.inputs import discover
+    from livedeid.core.errors import UserError
+
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    bad = tmp_path / "list.csv"
+    bad.write_text("file\nv.mp4\n")
+    with pytest.raises(UserError, match="'path' column"):
+        discover(bad, tmp_path / "out")
+    bad.write_text("path\nv.mp4\nmissing.mp4\n")
+    with pytest.raises(UserError, match="line 3: video not found"):
+        discover(bad, tmp_path / "out")
+    with pytest.raises(UserError, match="OUTPUT must lie outside INPUT"):
+        discover(tmp_path, tmp_path / "out")
+
+
+def test_a_touched_but_unchanged_video_keeps_its_result_without_processing(dataset, tmp_path):
+    from livedeid.batch.inputs import discover
+    from livedeid.batch.resume import content_sha256
+    from livedeid.batch.video import process_item
+
+    archive = tmp_path / "in"
+    shutil.copytree(dataset / "subject1", archive / "subject1")
+    item = discover(archive, tmp_path / "out")[0]
+    item.output.parent.mkdir(parents=True)
+    item.output.write_bytes(b"an earlier result")
+    previous = {"key": item.key, "status": "done", "settings_hash": "s", "input_sha256": content_sha256(item),
+                "input_stat": [], "frames": 60}
+    os.utime(item.input)  # touched: the stat changes, the content does not
+    report = process_item(item, {}, "s", previous)  # settings {} would fail if it processed anything
+    assert report["reused"] and report["frames"] == 60 and report["input_stat"] != []
+    data = item.input.read_bytes()
+    item.input.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # the content changes
+    report = process_item(item, {}, "s", previous)
+    assert report["status"] == "failed" and "reused" not in report
+
+
+def test_ground_truth_files_of_both_datasets_give_their_heart_rate(dataset):
+    from livedeid.batch.truth import read_truth, truth_bpm
+
+    frames = np.arange(60) / 20.0
+    for path, bpm in (("subject1/ground_truth.txt", 72.0), ("subject2/ground_truth.txt", 96.0),
+                      ("01-01/01-01.json", 84.0)):
+        t, wave = read_truth(dataset / path, frames)
+        assert len(t) == 60 and t[0] == 0.0
+        assert truth_bpm(t, wave, frames[-1]) == pytest.approx(bpm, abs=1.0)
