@@ -9,6 +9,7 @@ import pytest
 from conftest import data_path
 
 from livedeid.core.face_regions import FACE_OVAL, polygon_points
+from livedeid.core.records import FaceTrack
 from livedeid.evaluation.clip_run import run_clip
 from livedeid.evaluation.leaks import protection_summary
 from livedeid.evaluation.torture import FaceTruth, FrameTruth
@@ -77,6 +78,39 @@ def test_a_jump_resets_the_smoothing_so_the_protection_does_not_trail_the_face()
         # Small motion is still smoothed.
         tracker._associate([jumped + 0.5], 11 / 30)
         assert 0 < np.abs(track.landmarks - (jumped + 0.5)).max() < 0.5
+
+
+def test_a_face_lost_while_walking_is_hidden_where_it_went():
+    """A face walking out of the picture is lost before it is gone (a half face at the
+    edge is what no detector finds): its hidden region stretches along its last motion
+    for as long as it is lost, up to 1.5 face sizes, and never backwards."""
+    from livedeid.protect.fail_closed import hidden_box
+    from livedeid.tracking.mesh import FaceTracker
+
+    rng = np.random.default_rng(0)
+    face = rng.uniform(0, 80, (478, 2)).astype(np.float32) + np.float32([300, 200])
+    with FaceTracker() as tracker:
+        for k in range(6):  # 12 px a frame to the right: 360 px/s
+            tracker._associate([face + np.float32([12 * k, 0])], k / 30)
+        tracker._last_t = 5 / 30
+        (walking,) = [tracker._to_face_track(t) for t in tracker._tracks]
+        assert walking.velocity[0] == pytest.approx(360, rel=0.1) and abs(walking.velocity[1]) < 1
+        for k in (6, 7, 8, 9):
+            tracker._associate([], k / 30)
+        tracker._last_t = 9 / 30
+        (lost,) = [tracker._to_face_track(t) for t in tracker._tracks]
+    assert lost.is_lost and lost.lost_s == pytest.approx(4 / 30)
+    still = FaceTrack(lost.track_id, lost.landmarks, lost.to_crop, lost.from_crop, 0.0, lost.lost_frames,
+                      lost_s=lost.lost_s)
+    moved, kept = hidden_box(lost, (720, 1280)), hidden_box(still, (720, 1280))
+    assert moved[0] == kept[0] and moved[1:] == (kept[1], moved[2], kept[3])
+    assert moved[2] - kept[2] == pytest.approx(360 * 4 / 30, abs=2)  # 48 px further right
+    far = FaceTrack(lost.track_id, lost.landmarks, lost.to_crop, lost.from_crop, 0.0, 60,
+                    velocity=lost.velocity, lost_s=2.0)
+    size = max(np.ptp(lost.landmarks[:, 0]), np.ptp(lost.landmarks[:, 1]))
+    assert hidden_box(far, (720, 1280))[2] - hidden_box(
+        FaceTrack(far.track_id, far.landmarks, far.to_crop, far.from_crop, 0.0, 60, lost_s=2.0), (720, 1280))[2] \
+        == pytest.approx(1.5 * size, abs=2)
 
 
 # -- real videos through the real pipeline ----------------------------------------------

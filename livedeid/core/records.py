@@ -20,7 +20,9 @@ class FaceTrack:
     ``to_crop`` is the 2x3 similarity transform mapping frame pixels to the
     aligned model crop; ``from_crop`` is its exact inverse.
     ``confidence`` in [0, 1] is the tracker's belief that the landmarks fit a face;
-    ``lost_frames`` counts consecutive frames without a fresh detection (0 = seen now).
+    ``lost_frames`` counts consecutive frames without a fresh detection (0 = seen now),
+    ``lost_s`` the seconds since the last one; ``velocity`` is the face's motion at its
+    last sighting in px/s (where a lost face may have gone).
     """
 
     track_id: int
@@ -32,6 +34,8 @@ class FaceTrack:
     crop: np.ndarray | None = None        # aligned crop, float32 (3, S, S) RGB in [0, 1]
     protected: np.ndarray | None = None   # engine output, same layout as ``crop``
     mask_grow: float = 0.0                # the composite's region beyond the face oval (0: the oval; the cloak's)
+    velocity: tuple[float, float] = (0.0, 0.0)  # px/s at the last sighting
+    lost_s: float = 0.0                   # seconds since the last sighting (0 = seen now)
 
     @property
     def is_lost(self) -> bool:

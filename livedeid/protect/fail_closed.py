@@ -27,12 +27,19 @@ def split_faces(faces: list[FaceTrack], min_confidence: float) -> tuple[list[Fac
 
 
 def hidden_box(face: FaceTrack, frame_hw: tuple[int, int], base_margin: float = 0.25,
-               growth_per_frame: float = 0.02, max_margin: float = 1.0) -> tuple[int, int, int, int] | None:
-    """The region hidden for a lost/uncertain face: its landmark box, grown by a margin
-    that widens while the face stays lost (it may be moving where we cannot see)."""
+               growth_per_frame: float = 0.02, max_margin: float = 1.0,
+               max_travel: float = 1.5) -> tuple[int, int, int, int] | None:
+    """The region hidden for a lost/uncertain face: its landmark box, stretched along the
+    way it was moving for as long as it has been lost (at most ``max_travel`` face sizes:
+    a face walking out of the picture is lost before it is gone, and a half face at the
+    edge is what no detector finds), grown by a margin that widens while it stays lost
+    (it may be moving where we cannot see)."""
     h, w = frame_hw
     x0, y0, x1, y1 = face.bbox()
     size = max(x1 - x0, y1 - y0, 8)
+    dx, dy = (float(np.clip(v * face.lost_s, -max_travel * size, max_travel * size)) for v in face.velocity)
+    x0, x1 = min(x0, x0 + dx), max(x1, x1 + dx)
+    y0, y1 = min(y0, y0 + dy), max(y1, y1 + dy)
     margin = min(max_margin, base_margin + growth_per_frame * face.lost_frames) * size
     box = clip_box(int(x0 - margin), int(y0 - margin), int(x1 + margin), int(y1 + margin), w, h)
     return box if box[2] > box[0] and box[3] > box[1] else None

@@ -9,7 +9,7 @@ composite stage can keep their last region hidden: privacy fails closed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -91,6 +91,9 @@ class _Track:
     landmarks: np.ndarray
     confidence: float
     lost_frames: int = 0
+    seen_at: float | None = None  # timestamp of the last detection
+    centre: np.ndarray | None = None  # the last detection's landmark centre (px)
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))  # px/s, smoothed
 
 
 class FaceTracker:
@@ -225,6 +228,13 @@ class FaceTracker:
         ]
 
     def _refresh(self, tr: _Track, det: np.ndarray, t: float) -> None:
+        centre = det.mean(axis=0)
+        if tr.lost_frames > 0 or tr.centre is None or t <= tr.seen_at:
+            tr.velocity = np.zeros(2, np.float32)  # a recovered face: no motion known yet
+        else:
+            # smoothed over about two frames: a walk, not the mesh's jitter
+            tr.velocity = 0.5 * tr.velocity + 0.5 * (centre - tr.centre) / (t - tr.seen_at)
+        tr.centre, tr.seen_at = centre, t
         if tr.lost_frames > 0:
             tr.smoother = OneEuroFilter()  # a recovered face may be anywhere: no lag
             self._lost_since.pop(tr.track_id, None)
@@ -255,4 +265,6 @@ class FaceTracker:
             from_crop=from_crop,
             confidence=confidence,
             lost_frames=tr.lost_frames,
+            velocity=(float(tr.velocity[0]), float(tr.velocity[1])),
+            lost_s=max(0.0, self._last_t - tr.seen_at) if tr.lost_frames and tr.seen_at is not None else 0.0,
         )
