@@ -13,8 +13,8 @@ runs the real command line in a fresh process, as a user would, with the same se
 * batch 1 worker, batch 2 workers: `livedeid batch --workers N` (Ray start-up included).
 
 Prints and writes (JSON + markdown) videos per hour for each, the ratios, and the
-per-video costs from the batch reports (wall seconds per video-second; the track and
-engine stages' p50 per frame), which docs/decisions.md turns into an archive estimate.
+per-video costs from the batch reports (wall and CPU seconds per video-second; the track
+and engine stages' p50 per frame), which docs/decisions.md turns into an archive estimate.
 """
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ def per_video_costs(out: Path, seconds: float) -> dict:
     lat = [r["stats"]["latency_ms"] for r in reports]
     return {"wall_s_per_video": round(sum(r["wall_s"] for r in reports) / len(reports), 2),
             "wall_s_per_video_second": round(sum(r["wall_s"] for r in reports) / len(reports) / seconds, 2),
+            # CPU-seconds (all threads of the worker) per video-second: what sizes a cluster,
+            # and unlike wall time not stretched by other work on the machine.
+            "cpu_s_per_video_second": round(sum(r["cpu_s"] for r in reports) / len(reports) / seconds, 2),
             "track_p50_ms": round(sum(x["track"]["p50"] for x in lat) / len(lat), 1),
             "engine_p50_ms": round(sum(x["engine"]["p50"] for x in lat) / len(lat), 1),
             "total_p50_ms": round(sum(x["total"]["p50"] for x in lat) / len(lat), 1)}
@@ -117,7 +120,8 @@ def main() -> int:
     md += ["", f"2 workers / 1 worker: {result['scaling_2_vs_1_worker']}x; batch (1 worker) / serial: "
                f"{result['batch_1_worker_vs_serial']}x; batch (2 workers) / serial: {result['batch_2_workers_vs_serial']}x",
            "", "Per video (batch reports): " + "; ".join(
-               f"{w}: {c['wall_s_per_video']} s a video, {c['wall_s_per_video_second']} s per video-second, "
+               f"{w}: {c['wall_s_per_video']} s a video, {c['wall_s_per_video_second']} s per video-second "
+               f"(CPU {c['cpu_s_per_video_second']} s), "
                f"track p50 {c['track_p50_ms']} ms, engine p50 {c['engine_p50_ms']} ms"
                for w, c in result["per_video_costs"].items())]
     (args.out / "batch_throughput.md").write_text("\n".join(md) + "\n")

@@ -63,7 +63,7 @@ def process_item(item: VideoItem, settings: dict, digest: str, previous: dict | 
     """The task: ``item`` de-identified with ``settings`` (:func:`~livedeid.batch.resume.settings_record`)
     and its report. ``previous``: the report of an earlier run, reused when the input's
     content and the settings are unchanged."""
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _cpu_seconds()
     report = {"key": item.key, "input": str(item.input), "output": str(item.output), "layout": item.layout,
               "subject": item.subject, "settings_hash": digest, "status": "failed", "error": None}
     try:
@@ -84,7 +84,15 @@ def process_item(item: VideoItem, settings: dict, digest: str, previous: dict | 
     if report["status"] == "failed":
         _remove_empty_folders(item)
     report["wall_s"] = round(time.monotonic() - start, 2)
+    report["cpu_s"] = round(_cpu_seconds() - cpu_start, 2)  # all threads: what sizing a cluster needs
     return report
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run(item: VideoItem, settings: dict) -> dict:
