@@ -30,7 +30,8 @@ def add_batch_parser(sub) -> None:
                    help="run on an existing Ray cluster (e.g. ray://head:10001 or head:6379); INPUT and OUTPUT "
                         "must be on storage every node sees under the same paths, with livedeid installed there")
     b.add_argument("--cpus-per-video", type=float, default=1.0,
-                   help="CPUs each video's task declares (default 1)")
+                   help="CPUs each video's task declares, and the threads of its ONNX Runtime engine unless "
+                        "engine_threads is set in --config (default 1)")
     b.add_argument("--retries", type=int, default=2,
                    help="times a video is retried after the worker running it died (default 2); then it is "
                         "marked failed")
@@ -60,6 +61,10 @@ def cmd_batch(args) -> int:
     if args.codec == "ffv1" and any(i.kind == "video" and i.output.suffix.lower() in (".mp4", ".mov") for i in items):
         raise UserError("--codec ffv1 does not fit in .mp4/.mov files, and outputs keep the inputs' names: "
                         "use lossless or h264")
+    if config.engine_threads == 0:
+        # ONNX Runtime's default pool takes every core and spin-waits on them between calls:
+        # each task's pool gets the CPUs the task declares (pixels do not change).
+        config.engine_threads = max(1, round(args.cpus_per_video))
     record = settings_record(config, codec=args.codec, audio=not args.no_audio, two_pass=args.two_pass,
                              cloak_steps=args.cloak_steps)
     digest = check_output(args.output, record)

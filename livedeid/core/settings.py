@@ -32,6 +32,7 @@ class PipelineConfig:
     profile: Path | None = None   # an enrolled person's cloak: a profile file or a name in the profile folder
     hide_unverified: bool = False  # hide (fail-closed policy) every face whose protection is not verified
     engine_every: int = 1         # run the network for a face on 1 frame in N; between, its last residual moves with it
+    engine_threads: int = 0       # ONNX Runtime's threads (0: its default, every core; `batch` sets its CPUs per video)
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -48,6 +49,8 @@ class PipelineConfig:
             raise UserError("heart-rate window must be 4..60 s")
         if not 160 <= self.detect_long_side <= 1920:
             raise UserError("detection size (detect_long_side) must be 160..1920 px")
+        if not 0 <= self.engine_threads <= 256:
+            raise UserError("engine_threads must be 0..256 (0: ONNX Runtime's default, every core)")
         if not 1 <= self.engine_every <= 4:
             raise UserError("engine_every must be 1..4 (the network on one frame in N)")
         if self.profile is not None and not str(self.profile).strip():

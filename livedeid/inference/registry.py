@@ -36,7 +36,7 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _build(name: str, spec: ModelSpec, device: str | None, auto: bool) -> Engine:
+def _build(name: str, spec: ModelSpec, device: str | None, auto: bool, threads: int = 0) -> Engine:
     """The backend ``name``: for host arrays (``device`` None) or for the device frame path
     on the torch ``device``. Raises EngineUnavailable when it cannot run here."""
     if name == "tensorrt":
@@ -52,14 +52,14 @@ def _build(name: str, spec: ModelSpec, device: str | None, auto: bool) -> Engine
         if not cuda_available():
             raise EngineUnavailable("no CUDA device or torch not installed")
         return TorchEngine(spec, "cuda")
-    return OnnxRuntimeEngine(spec)
+    return OnnxRuntimeEngine(spec, threads=threads)
 
 
-def create_engine(name: str, spec: ModelSpec, device: str | None = None) -> EngineChoice:
+def create_engine(name: str, spec: ModelSpec, device: str | None = None, threads: int = 0) -> EngineChoice:
     """Build the named engine; ``auto`` walks :data:`PREFERENCE` and records why each
     better backend was skipped. ``device`` (a torch device, "cuda" or "cpu") asks for an
-    engine for the device frame path on it. A named engine that cannot run raises
-    ``UserError``."""
+    engine for the device frame path on it. ``threads``: ONNX Runtime's intra-op threads (0:
+    its default). A named engine that cannot run raises ``UserError``."""
     if name not in ENGINE_NAMES:
         raise UserError(f"unknown engine '{name}' (choose from {', '.join(ENGINE_NAMES)})")
     where = "" if device is None else " on the GPU frame path"
@@ -67,13 +67,13 @@ def create_engine(name: str, spec: ModelSpec, device: str | None = None) -> Engi
         if device is not None and name not in DEVICE_TENSOR_ENGINES:
             raise UserError(f"the GPU frame path runs torch or TensorRT engines, not {name}")
         try:
-            return EngineChoice(_build(name, spec, device, auto=False), "requested" + where, [])
+            return EngineChoice(_build(name, spec, device, auto=False, threads=threads), "requested" + where, [])
         except EngineUnavailable as exc:
             raise UserError(f"engine '{name}' unavailable: {exc}") from None
     skipped: list[str] = []
     for label in PREFERENCE if device is None else DEVICE_TENSOR_ENGINES:
         try:
-            eng = _build(label, spec, device, auto=True)
+            eng = _build(label, spec, device, auto=True, threads=threads)
         except EngineUnavailable as exc:
             skipped.append(f"{label}: {exc}")
             continue
@@ -81,7 +81,7 @@ def create_engine(name: str, spec: ModelSpec, device: str | None = None) -> Engi
     raise UserError(f"no engine can run{where}: {'; '.join(skipped)}")
 
 
-def fallback_engine(failed: Engine, spec: ModelSpec) -> EngineChoice:
+def fallback_engine(failed: Engine, spec: ModelSpec, threads: int = 0) -> EngineChoice:
     """The engine to use after ``failed`` raised at run time: ONNX Runtime on the CPU."""
-    eng = OnnxRuntimeEngine(spec, use_cuda=False)
+    eng = OnnxRuntimeEngine(spec, use_cuda=False, threads=threads)
     return EngineChoice(eng, f"fallback after {failed.describe()} failed", [])

@@ -78,7 +78,7 @@ class FrameProcessor:
         self.config.validate()
         self.spec = spec or load_spec(self.config.manifest)
         if engine is None:
-            choice = create_engine(self.config.engine, self.spec)
+            choice = create_engine(self.config.engine, self.spec, threads=self.config.engine_threads)
             engine, self.engine_reason, self.engine_skipped = choice.engine, choice.reason, choice.fallbacks
         else:
             self.engine_reason, self.engine_skipped = "given", []
@@ -256,7 +256,7 @@ class FrameProcessor:
             self._event(logging.WARNING, f"engine {self.engine.describe()} failed ({type(exc).__name__}: {exc}); "
                                          "falling back")
         try:
-            choice = fallback_engine(self.engine, self.spec)
+            choice = fallback_engine(self.engine, self.spec, threads=self.config.engine_threads)
             self.engine, self.engine_reason = choice.engine, choice.reason
             return self.engine(windows)
         except Exception as exc:
