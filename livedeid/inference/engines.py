@@ -70,6 +70,11 @@ class OnnxRuntimeEngine(Engine):
             raise EngineUnavailable("onnxruntime has no CUDA provider (install onnxruntime-gpu)")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spin-waiting: the frame path runs the engine
+        # beside the mesh, the safety net, decode and encode threads on a few cores, and a
+        # spinning pool takes their time (benchmarks/speed_720p.py; docs/decisions.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
