@@ -24,8 +24,8 @@ def add_batch_parser(sub) -> None:
     b.add_argument("input", type=Path, help="folder of videos, dataset root (UBFC-rPPG, PURE) or CSV manifest")
     b.add_argument("output", type=Path, help="output folder (created; mirrors INPUT)")
     b.add_argument("--workers", type=int, default=None,
-                   help="videos processed at once on the local cluster (default: the machine's CPU count); "
-                        "ignored with --address")
+                   help="videos processed at once on the local cluster (default: the machine's CPUs divided by "
+                        "--cpus-per-video); ignored with --address")
     b.add_argument("--address", default=None, metavar="ADDR",
                    help="run on an existing Ray cluster (e.g. ray://head:10001 or head:6379); INPUT and OUTPUT "
                         "must be on storage every node sees under the same paths, with livedeid installed there")
@@ -47,9 +47,9 @@ def cmd_batch(args) -> int:
     from livedeid.batch.resume import check_output, claim_output, job_folder, settings_record
 
     import_ray()  # not installed: one line, before any work
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-    if workers < 1 or args.cpus_per_video <= 0 or args.retries < 0:
+    if (args.workers is not None and args.workers < 1) or args.cpus_per_video <= 0 or args.retries < 0:
         raise UserError("--workers and --cpus-per-video must be positive, --retries at least 0")
+    workers = args.workers or max(1, int((os.cpu_count() or 1) // args.cpus_per_video))
     config = pipeline_config(args)
     if args.two_pass:
         from livedeid.cloak.tracks import check_two_pass
