@@ -83,12 +83,15 @@ def test_a_high_score_confirms_without_the_mesh_unless_a_tile_cut_it(net):
         assert len(held[-1]) == expected, f"cut={cut}"
 
 
-def test_part_of_a_tracked_face_is_left_to_its_track_and_a_straddling_face_hides_the_head(net):
+def test_a_cut_part_of_a_tracked_face_is_left_to_its_track_and_a_straddling_face_hides_the_head(net):
     wall = np.full((450, 800, 3), 90, np.uint8)
     tracked = (300, 100, 420, 240)
-    mouth = (330.0, 180.0, 400.0, 250.0)       # mostly inside the tracked face: its track's
-    _fixed(net, [(mouth, 0.9, False)])
+    mouth = (330.0, 180.0, 400.0, 250.0)       # a tile's cut detection mostly inside: the track's
+    _fixed(net, [(mouth, 0.9, True)])
     assert net.update(wall, wall.shape[:2], [tracked]) == []
+    _fixed(net, [(mouth, 0.9, False)])         # the whole frame's: in doubt, the whole head
+    (head,) = net.update(wall, wall.shape[:2], [tracked])
+    assert head[0] <= tracked[0] and head[1] <= tracked[1] and head[2] >= tracked[2] and head[3] >= mouth[3]
     straddling = (390.0, 120.0, 500.0, 230.0)  # a face half outside the (trailing) track
     _fixed(net, [(straddling, 0.9, False)])
     out = net.update(wall, wall.shape[:2], [tracked])

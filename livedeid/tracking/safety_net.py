@@ -37,8 +37,9 @@ CONFIRM_SCORE = 0.8
 # a quarter tile comes round every four frames, so a small face only a tile sees stays
 # covered between its sightings.
 PENDING_FRAMES = 4
-# A detection lying this much inside a tracked face's box is part of that face (a tile
-# cutting the face, the mouth and a microphone): the track protects it already.
+# A tile's detection cut by the tile's edge and lying this much inside a tracked face's
+# box is part of that face (on the speech clip: the mouth and the microphone, eyes
+# outside the box): the track protects it already.
 PART_OF_TRACKED = 0.6
 
 
@@ -54,10 +55,11 @@ class SafetyNet:
     frames after it was last seen (detectors flicker on small faces), its box growing
     meanwhile. An unconfirmed one is hidden while seen and :data:`PENDING_FRAMES` after,
     at its own size: a hand or a microphone the detector mistakes for a face for a frame
-    costs the picture a few frames, not half a second of a growing blur. A detection that
-    is mostly part of a tracked face (:data:`PART_OF_TRACKED`) is that face's track's to
-    protect; one that overlaps a tracked face less is hidden together with the tracked
-    face's box in that frame (the whole head rather than a part of a face).
+    costs the picture a few frames, not half a second of a growing blur. A tile's cut
+    detection that is mostly part of a tracked face (:data:`PART_OF_TRACKED`) is that
+    face's track's to protect; any other detection over a tracked face that the track
+    does not hold is hidden together with the tracked face's box in that frame (the
+    whole head rather than a part of a face).
 
     The detector sees a 192 px image, so on the whole frame it misses faces under ~40 px
     of a 640 px frame. Each frame therefore also looks at one quarter of the frame (2x2
@@ -149,10 +151,11 @@ class SafetyNet:
             area = max(1e-6, (b[2] - b[0]) * (b[3] - b[1]))
             share, face = max(((overlap_area(b, t) / area, t) for t in tracked), default=(0.0, None),
                               key=lambda st: st[0])
-            if share >= PART_OF_TRACKED:
+            if share >= PART_OF_TRACKED and cut:
                 continue
             if share > 0:
-                # partly over a tracked face (the mesh trailing a fast turn): hide the whole
+                # over a tracked face that does not hold it (the mesh trailing a fast turn,
+                # a face beside or behind the tracked one): hide the whole
                 # head, never a part of a face, for this frame; the next frame looks again
                 heads.append((min(b[0], face[0]), min(b[1], face[1]), max(b[2], face[2]), max(b[3], face[3])))
                 continue
