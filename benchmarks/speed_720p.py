@@ -1,0 +1,257 @@
+"""Camera rate at 1280x720 on this CPU (issue 16): where the time goes, and end to end.
+
+    python benchmarks/speed_720p.py [--seconds 6] [--every 1,2,3] [--baseline REV]
+                                    [--deface auto|none|PATH] [--out benchmarks/results/speed_720p]
+
+All on one clip made here (the built-in synthetic pulse face at 1280x720, one face,
+H.264), in one run, so the ratios compare like with like:
+
+* **profile** (per ``engine_every``): decode, the track stage's two parts (face mesh on
+  the 640 px detection copy; the safety net's detector), window, engine, composite,
+  rppg and encode, each on its own, in ms per frame (p50/p95);
+* **process**: the real `process` path (decode thread -> processor -> encode thread),
+  end-to-end fps;
+* **live**: the clip played as a 30 fps camera in real time (frames due while the filter
+  is busy are skipped, as a camera's are) through the same processor to a sink that
+  discards frames: delivered fps and capture-to-output latency p50/p95;
+* **deface** (CenterFace + blur, the peer a user would pick instead): its CLI on the same
+  clip, from a separate virtual environment (it pulls its own OpenCV wheel, which must
+  not meet MediaPipe's); ``auto`` looks for ``build/deface-venv/bin/deface``;
+* **baseline**: `process` of an earlier revision (``--baseline REV``: a git worktree,
+  imported through PYTHONPATH, same virtual environment) on the same clip, with that
+  revision's default settings.
+
+Safety net on throughout; ONNX Runtime on the CPU. Writes speed_720p.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+STAGES = ("decode", "track.mesh", "track.safety_net", "window", "engine", "composite", "rppg", "encode")
+
+
+def config(every: int | None):
+    """The pipeline's settings (``every`` None: the revision's defaults, for --baseline,
+    whose revision may have no ``engine_every``)."""
+    from livedeid.core.settings import PipelineConfig
+
+    return PipelineConfig(engine="onnxruntime", **({"engine_every": every} if every is not None else {}))
+
+
+def pct(values, q) -> float:
+    return round(float(np.percentile(values, q)), 2) if values else 0.0
+
+
+def profile(clip: Path, every: int, frames: int) -> dict:
+    """Each stage on its own, one frame after another (no threads), ms per frame."""
+    from livedeid.io.sinks import FileSink
+    from livedeid.io.sources import FileSource
+    from livedeid.pipeline.factory import build_processor
+
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    src = FileSource(clip)
+    decoded = []
+    t = time.perf_counter()
+    for frame in src:
+        now = time.perf_counter()
+        times["decode"].append((now - t) * 1000)
+        decoded.append(frame)
+        if len(decoded) >= frames:
+            break
+        t = time.perf_counter()
+    src.close()
+    proc = build_processor(config(every), path="host")
+    outputs = []
+    for frame in decoded:
+        done = proc.process(frame)
+        for s in STAGES[1:-1]:
+            times[s].append(done.stage_ms.get(s, 0.0))
+        outputs.append(done.output)
+    proc.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = FileSink(Path(tmp) / "enc.mp4", *src.size, rate=src.rate)
+        t0 = time.perf_counter()
+        for image in outputs:
+            sink.send(image)
+        sink.close()  # the encoder thread drains here: per frame = the whole / frames
+        per = (time.perf_counter() - t0) * 1000 / max(1, len(outputs))
+        times["encode"] = [per] * len(outputs)
+    warm = 5  # model and tracker warm-up
+    return {s: {"p50": pct(v[warm:], 50), "p95": pct(v[warm:], 95)} for s, v in times.items()}
+
+
+def run_process(clip: Path, every: int | None) -> dict:
+    from livedeid.io.sinks import FileSink
+    from livedeid.io.sources import FileSource
+    from livedeid.pipeline.factory import build_processor
+    from livedeid.pipeline.runner import Pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = FileSource(clip)
+        proc = build_processor(config(every), path="host")
+        sink = FileSink(Path(tmp) / "out.mp4", *src.size, rate=src.rate)
+        t0 = time.perf_counter()
+        result = Pipeline(src, proc, [sink]).run()
+        wall = time.perf_counter() - t0
+    return {"frames": result.frames_out, "fps": round(result.frames_out / wall, 2),
+            "hidden_face_frames": result.stats["hidden_face_frames"]}
+
+
+def run_live(clip: Path, every: int, seconds: float) -> dict:
+    from livedeid.io.sinks import NullSink
+    from livedeid.io.sources import FileSource, LiveSimulation
+    from livedeid.pipeline.factory import build_processor
+    from livedeid.pipeline.runner import Pipeline
+
+    latencies: list[float] = []
+
+    def latency(frame, _proc):
+        latencies.append((time.monotonic() - frame.timestamp) * 1000)
+
+    src = LiveSimulation(lambda: FileSource(clip), loop=True)
+    proc = build_processor(config(every), path="host")
+    pipeline = Pipeline(src, proc, [NullSink()], [latency])
+    timer = threading.Timer(seconds, pipeline.stop)
+    timer.start()
+    t0 = time.perf_counter()
+    result = pipeline.run()
+    wall = time.perf_counter() - t0
+    timer.cancel()
+    lat = latencies[15:]  # after the warm-up
+    return {"frames": result.frames_out, "fps": round(result.frames_out / wall, 2),
+            "latency_p50_ms": pct(lat, 50), "latency_p95_ms": pct(lat, 95)}
+
+
+def run_deface(clip: Path, deface: Path, frames: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "deface.mp4"
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(deface), str(clip), "-o", str(out), "--backend", "onnxrt"],
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    version = subprocess.run([str(deface), "--version"], capture_output=True, text=True).stdout.strip()
+    return {"version": version, "fps": round(frames / wall, 2), "wall_s": round(wall, 1),
+            "note": "wall time of the CLI, start-up included"}
+
+
+def run_baseline(rev: str, clip: Path) -> dict:
+    """`process` of ``rev`` on the clip: this script's process runner, importing livedeid
+    from a worktree of ``rev``."""
+    wt = Path(tempfile.mkdtemp(prefix="speed-baseline-"))
+    try:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), rev],
+                       check=True, capture_output=True)
+        env = dict(os.environ, PYTHONPATH=str(wt))
+        out = subprocess.run([sys.executable, __file__, "--process-only", str(clip)], env=env, cwd=wt,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            return {"rev": rev, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+        short = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
+                               text=True).stdout.strip()
+        return {"rev": short, **json.loads(out.stdout.strip().splitlines()[-1])}
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], capture_output=True)
+        shutil.rmtree(wt, ignore_errors=True)
+
+
+def find_deface(choice: str) -> Path | None:
+    if choice == "none":
+        return None
+    path = ROOT / "build" / "deface-venv" / "bin" / "deface" if choice == "auto" else Path(choice)
+    return path if path.is_file() else None
+
+
+def markdown(res: dict, command: str) -> str:
+    lines = [f"# 1280x720, one face, safety net on ({res['date']})", "", f"`{command}`", "",
+             f"Machine: {res['machine']}; clip: {res['seconds']} s synthetic face at 30 fps; "
+             f"engine: ONNX Runtime (CPU).", "", "## Where the time goes (ms per frame, p50 / p95)", "",
+             "| stage | " + " | ".join(f"every {e}" for e in res["profile"]) + " |",
+             "|---|" + "---:|" * len(res["profile"])]
+    for s in STAGES:
+        lines.append(f"| {s} | " + " | ".join(f"{p[s]['p50']:.1f} / {p[s]['p95']:.1f}"
+                                            for p in res["profile"].values()) + " |")
+    lines += ["", "Stages run on three threads in `process` (decode, processor, encode) and two in `live`, "
+              "so end-to-end time per frame is about the slowest of them plus contention on 2 cores, "
+              "not the sum.", "", "## End to end", "",
+              "| variant | process fps | live fps | live latency p50 / p95 ms | hidden face-frames (process) |",
+              "|---|---:|---:|---:|---:|"]
+    for e, r in res["end_to_end"].items():
+        p, lv = r["process"], r["live"]
+        lines.append(f"| livedeid, engine every {e} | {p['fps']} | {lv['fps']} | "
+                     f"{lv['latency_p50_ms']} / {lv['latency_p95_ms']} | {p['hidden_face_frames']} |")
+    b = res.get("baseline")
+    if b:
+        lines.append(f"| livedeid {b['rev']} (baseline) | {b.get('fps', b.get('error'))} | | | "
+                     f"{b.get('hidden_face_frames', '')} |")
+    d = res.get("deface")
+    if d:
+        lines.append(f"| {d.get('version', 'deface')} | {d.get('fps', d.get('error'))} | | | |")
+    else:
+        lines.append("| deface | not run (build/deface-venv missing: python -m venv build/deface-venv && "
+                     "build/deface-venv/bin/pip install deface==1.5.0) | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--every", default="1,2,3", help="engine_every values to measure")
+    ap.add_argument("--live-seconds", type=float, default=10.0)
+    ap.add_argument("--baseline", default=None, metavar="REV")
+    ap.add_argument("--deface", default="auto")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed_720p")
+    ap.add_argument("--process-only", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.process_only is not None:  # the baseline's child: one JSON line
+        print(json.dumps(run_process(args.process_only, None)))
+        return 0
+    from bench_process import make_clip
+
+    everies = [int(e) for e in args.every.split(",")]
+    res = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
+           "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "profile": {}, "end_to_end": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "clip720.mp4"
+        make_clip(clip, args.seconds, (1280, 720))
+        frames = round(args.seconds * 30)
+        for e in everies:
+            print(f"engine every {e}: profile, process, live ...", flush=True)
+            res["profile"][e] = profile(clip, e, frames)
+            res["end_to_end"][e] = {"process": run_process(clip, e), "live": run_live(clip, e, args.live_seconds)}
+        if args.baseline:
+            print(f"baseline {args.baseline} ...", flush=True)
+            res["baseline"] = run_baseline(args.baseline, clip)
+        deface = find_deface(args.deface)
+        if deface is not None:
+            print("deface ...", flush=True)
+            res["deface"] = run_deface(clip, deface, frames)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/speed_720p.py " + " ".join(
+        a if not a.startswith("/") else os.path.relpath(a, ROOT) for a in sys.argv[1:])
+    (args.out / "speed_720p.json").write_text(json.dumps(res, indent=1))
+    md = markdown(res, command.strip())
+    (args.out / "speed_720p.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
