@@ -31,7 +31,7 @@ class PipelineConfig:
     startup_guard: bool = True    # hide the whole frame until the first face is found
     profile: Path | None = None   # an enrolled person's cloak: a profile file or a name in the profile folder
     hide_unverified: bool = False  # hide (fail-closed policy) every face whose protection is not verified
-    engine_every: int = 2         # run the network for a face on 1 frame in N; between, its last residual moves with it
+    engine_every: int = 1         # run the network for a face on 1 frame in N; between, its last residual moves with it
     engine_threads: int = 0       # ONNX Runtime's threads (0: its default, every core; `batch` sets its CPUs per video)
 
     def validate(self) -> None:
