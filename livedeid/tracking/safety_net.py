@@ -176,10 +176,11 @@ class SafetyNet:
                       and not (e[4] > 0 and inside_any(e[:4], tracked))]
         h, w = frame_hw
         out = []
-        for x0, y0, x1, y1, misses, confirmed in self._held + [[*b, 0, False] for b in heads]:
+        # a whole head (detection and tracked box together) needs no margin of its own
+        for x0, y0, x1, y1, misses, confirmed in self._held:
             grow = self.growth * misses if confirmed else 0.0
             m = (self.margin + grow) * max(x1 - x0, y1 - y0, 8)
-            box = (max(0, int(x0 - m)), max(0, int(y0 - m)), min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m))))
-            if box[2] > box[0] and box[3] > box[1]:
-                out.append(box)
-        return out
+            out.append((max(0, int(x0 - m)), max(0, int(y0 - m)), min(w, int(np.ceil(x1 + m))), min(h, int(np.ceil(y1 + m)))))
+        out += [(max(0, int(x0)), max(0, int(y0)), min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1))))
+                for x0, y0, x1, y1 in heads]
+        return [b for b in out if b[2] > b[0] and b[3] > b[1]]
