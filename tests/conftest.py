@@ -70,3 +70,14 @@ def astronaut_bgr() -> np.ndarray:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The panel's status tests run before tests/test_gui.py. Known, not yet understood:
+    after test_gui's window opened through ``livedeid`` with no command (``main([])``)
+    has closed, a new window's pipeline in the same process does not reach its running
+    state within 90 s; alone, or before it, the status tests pass in 20 s. Recorded in
+    docs/decisions.md; until it is found, the order keeps both honest."""
+    first = [it for it in items if it.nodeid.startswith("tests/test_panel_status.py")]
+    if first:
+        items[:] = first + [it for it in items if not it.nodeid.startswith("tests/test_panel_status.py")]
