@@ -111,10 +111,6 @@ class SafetyNet:
                 found.append((box, float(det.score[0]), cut))
         return found
 
-    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int]) -> list[tuple[float, float, float, float]]:
-        """Face boxes (x0, y0, x1, y1) in full-frame pixels (:meth:`detect_scored`)."""
-        return [box for box, _, _ in self.detect_scored(rgb, frame_hw)]
-
     def _mesh_sees_face(self, rgb: np.ndarray, box, frame_hw) -> bool:
         """Whether the face mesh finds a face in ``box`` (frame pixels) with a margin,
         enlarged to 256 px wide."""
