@@ -9,9 +9,11 @@ verification with the real recognisers through the real composite (``verify``), 
 a profile from those (``build``: what the command line and the panel's enrolment step
 call), refining a worn cloak in the background during a call (``refine``), a cloak per
 person of a recorded video (``tracks``: ``process --two-pass``) and the evaluation protocol
-on identity-labelled photos (``protocol``: ``eval --cloak``). The profile file the cloak
+on identity-labelled photos (``protocol``: ``eval --cloak``); the second form measured on
+that protocol, the generic model fine-tuned on the person (``finetune``: it is handed the
+model, since loading it needs ``nets``). The profile file the cloak
 is saved in is :mod:`livedeid.io.profile`, because the patient's pipeline loads it.
 May import: ``core``, ``tracking``, ``protect``, ``recognizers``, ``io``, ``evaluation``.
-torch only in ``optimise`` and ``eot`` (``build`` imports them when it runs); nothing in ``pipeline`` or ``protect`` imports
+torch only in ``optimise``, ``eot`` and ``finetune`` (``build`` imports the first two when it runs); nothing in ``pipeline`` or ``protect`` imports
 this package (the pipeline reads profiles through ``io``).
 """
