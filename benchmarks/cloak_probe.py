@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from livedeid.cloak.protocol import parse_kbps, run_protocol, write_result  # noqa: E402
+from livedeid.io.profile import DEFAULT_BUDGET  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces", default=str(ROOT.parent / "shared" / "data" / "faces" / "celebrities"))
     ap.add_argument("--min-photos", type=int, default=4)
     ap.add_argument("--people", type=int, default=0, help="only the first N qualifying people (0 = all)")
+    ap.add_argument("--only", default="", help="only these identities, comma-separated (quick ablations)")
     ap.add_argument("--recipe", default="default", help="name of the result files")
     ap.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the optimiser's)")
-    ap.add_argument("--budget", type=float, default=12.0, help="L-inf budget in 8-bit levels (default: enrolment's, 12)")
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET * 255,
+                    help=f"L-inf budget in 8-bit levels (default: enrolment's, {DEFAULT_BUDGET * 255:.0f})")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--margin", type=float, default=None)
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grow", type=float, default=None, help="the cloak's region: the face oval scaled by 1 + this")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="any other CloakSettings field (JSON value), e.g. --set pulse_weight=1.0")
+    ap.add_argument("--eot", action="append", default=[], metavar="FIELD=VALUE",
+                    help="any EotSettings field (JSON value), e.g. --eot pose=0.05")
     ap.add_argument("--loo", action="store_true", help="also leave-one-out transfer (each ensemble member left out in turn)")
     ap.add_argument("--codec", type=parse_kbps, default=None, metavar="KBPS[,KBPS...]",
                     help="also verify after a 720p H.264 call at these bitrates (kbit/s), e.g. 1500,600")
@@ -60,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(s, key):
             ap.error(f"--set: CloakSettings has no field {key!r}")
         setattr(s, key, json.loads(value))
+    for item in args.eot:
+        key, _, value = item.partition("=")
+        if not hasattr(s.eot, key):
+            ap.error(f"--eot: EotSettings has no field {key!r}")
+        value = json.loads(value)
+        setattr(s.eot, key, tuple(value) if isinstance(value, list) else value)
     if args.grow is not None:
         s.grow = args.grow
     for field, value in (("lr", args.lr), ("batch", args.batch), ("margin", args.margin),
@@ -69,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(s, field, value)
     if args.jpeg_share is not None:
         s.eot.jpeg_share = args.jpeg_share
-    result = run_protocol(Path(args.faces), s, judges, min_photos=args.min_photos, people=args.people, loo=args.loo,
+    result = run_protocol(Path(args.faces), s, judges, min_photos=args.min_photos, people=args.people,
+                          only=tuple(n for n in args.only.split(",") if n), loo=args.loo,
                           codec=args.codec, codec_frames=args.codec_frames, say=lambda t: print(t, flush=True))
     result = {"recipe": args.recipe, "command": "python benchmarks/cloak_probe.py " + " ".join(argv or sys.argv[1:]),
               **result}

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from livedeid.cloak.build import build_profile
     from livedeid.cloak.enrolment import gather
     from livedeid.cloak.verify import cloak_image, judge_outputs
+    from livedeid.io.profile import DEFAULT_BUDGET
     from livedeid.io.sources import FileSource
 
     t0 = time.perf_counter()
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {curve[-1]['seconds']:6.1f} s  step {entry['step']}: held-out match {match}", flush=True)
 
     names = ("dlib", "sface")
-    profile = build_profile("speaker", enrolment, names, budget=12 / 255, steps=args.steps, progress=progress)
+    profile = build_profile("speaker", enrolment, names, budget=DEFAULT_BUDGET, steps=args.steps, progress=progress)
     total_s = time.perf_counter() - t0
     pairs, wanted = [], 0
     with FileSource(args.video) as src:

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from livedeid.cloak.eot import EotSettings, cloaked_view  # noqa: E402
-from livedeid.cloak.optimise import CloakSettings, Pattern, optimise_cloak, weight_map  # noqa: E402
+from livedeid.cloak.optimise import CloakSettings, Pattern, SignPattern, optimise_cloak, weight_map  # noqa: E402
 from livedeid.cloak.verify import cloak_image, verify_cloak  # noqa: E402
 from livedeid.core.errors import UserError  # noqa: E402
 from livedeid.core.face_regions import FOREHEAD, LEFT_EYE, RIGHT_EYE, fill_polygons, polygon_points  # noqa: E402
@@ -62,6 +62,36 @@ def test_pattern_stays_within_budget_and_on_the_face(astronaut_crop):
     assert np.abs(p).max() <= BUDGET + 1e-7
     assert np.abs(p).max() > 0.9 * BUDGET * w.max()
     assert float(np.abs(p)[:, w == 0].max()) == 0.0
+
+
+def test_l2_steps_keep_the_energy_limit_and_follow_the_gradient(astronaut_crop):
+    """The "l2" method spends a fixed energy (the face PSNR limit) where the gradient is
+    large, instead of the whole budget everywhere as sign steps do."""
+    _, lm = astronaut_crop
+    w = weight_map([lm], 128, CloakSettings())
+    s = CloakSettings(method="l2", budget=16 / 255, rms=6 / 255, step=0.5)
+    pattern = SignPattern(w, s)
+    target = torch.zeros(3, 128, 128)
+    target[:, 40:70, 30:100] = 1.0           # only a band of pixels matters to the "recogniser"
+    for i in range(30):
+        p = pattern()
+        pattern.step([-(p * target).sum()], [1.0], i / 30)
+    with torch.no_grad():
+        p = pattern().numpy()
+    region = w > 0.5
+    rms = float(np.sqrt((p[:, region] ** 2).mean()))
+    assert rms <= 6 / 255 + 1e-6 and rms > 5 / 255
+    assert np.abs(p).max() <= 16 / 255 + 1e-7
+    band = np.zeros((128, 128), bool)
+    band[40:70, 30:100] = True
+    assert np.abs(p[:, band & region]).mean() > 5 * np.abs(p[:, ~band & region]).mean()
+    sign = SignPattern(w, CloakSettings(budget=16 / 255))
+    for i in range(30):
+        sp = sign()
+        sign.step([-(sp * target).sum()], [1.0], i / 30)
+    with torch.no_grad():
+        sp = sign().numpy()
+    assert float(np.sqrt((sp[:, region] ** 2).mean())) > rms   # sign steps fill the whole L-inf budget where they move
 
 
 def test_eot_views_are_seeded_and_carry_gradients(astronaut_crop):

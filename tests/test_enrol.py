@@ -190,7 +190,7 @@ def test_process_two_pass_gives_each_person_their_own_cloak(tmp_path, astronaut_
     assert len(tracks) == 2
     for t in tracks:
         assert set(t["recognizers"]) == {"dlib", "sface"} and t["held_out_frames"] >= 1
-        assert 0 < t["pattern_max"] <= 12 / 255 + 1e-6
+        assert 0 < t["pattern_max"] <= DEFAULT_BUDGET + 1e-6
     with av.open(str(out)) as c:
         got = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
     assert len(got) == len(frames)

@@ -12,7 +12,7 @@ The model
     ``engines/deid.pt`` through :mod:`livedeid.nets.autoencoder`: ``cloak`` may not import
     ``nets``, ``inference`` or ``assets``); :func:`finetune_autoencoder` trains a copy and
     returns it wrapped in :class:`BudgetedModel`, which clamps the residual to the budget
-    (the static cloak's, 12/255 by default), so the bound holds at run time whatever the
+    (12/255 by default, the sign-step static cloak's of r5), so the bound holds at run time whatever the
     weights became.
 
 The windows
@@ -48,7 +48,6 @@ from pytorch_msssim import ssim
 from livedeid.cloak.eot import EotSettings, camera, light, random_similarity, warp
 from livedeid.cloak.optimise import CloakSettings, centre_embedding, cloak_losses, held_out_check
 from livedeid.core.errors import UserError
-from livedeid.io.profile import DEFAULT_BUDGET
 from livedeid.protect.composite import oval_mask
 from livedeid.recognizers.base import get_recognizer
 from livedeid.recognizers.heads import RecognizerHead
@@ -56,7 +55,8 @@ from livedeid.recognizers.heads import RecognizerHead
 
 @dataclass
 class FinetuneSettings:
-    budget: float = DEFAULT_BUDGET   # L-infinity bound of the residual (the static cloak's)
+    budget: float = 12 / 255         # L-infinity bound of the residual (the sign-step static cloak's of r5;
+                                     # at it the generic model's residual already costs about 30 dB)
     steps: int = 200
     lr: float = 5e-4                 # Adam on every trainable weight of the model
     batch: int = 4                   # views per step

@@ -180,7 +180,7 @@ def markdown(result: dict) -> str:
 
 # long: the per-person loop (optimise, verify, the optional transfer and codec runs) reads best whole
 def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 4, people: int = 0,
-                 loo: bool = False, codec: list[float] | None = None, codec_frames: int = 15,
+                 only: tuple[str, ...] = (), loo: bool = False, codec: list[float] | None = None, codec_frames: int = 15,
                  say=print) -> dict:
     """The protocol of the module docstring on ``faces`` (identity folders of photos) with
     the optimiser's ``settings`` (:class:`~livedeid.cloak.optimise.CloakSettings`); the
@@ -195,6 +195,11 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
     for sample in identity_photos(Path(faces)):
         by_person.setdefault(sample.identity, []).append(sample.path)
     chosen = [(k, v) for k, v in sorted(by_person.items()) if len(v) >= min_photos]
+    if only:
+        unknown = sorted(set(only) - {k for k, _ in chosen})
+        if unknown:
+            raise UserError(f"no identity with {min_photos} or more photos named {', '.join(unknown)} in {faces}")
+        chosen = [(k, v) for k, v in chosen if k in only]
     if people:
         chosen = chosen[:people]
     if not chosen:
