@@ -32,26 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from livedeid.core import strict_json  # noqa: E402
-from livedeid.core.errors import UserError  # noqa: E402
 
 LABELS = {"clean": "clean", "generic": "generic", "generic_budget": "generic {budget}/255", "finetuned": "finetuned"}
-
-
-def choose_people(faces: Path, min_photos: int, only: tuple[str, ...], people: int) -> tuple[dict, list]:
-    """(every identity -> its photo paths, the (identity, paths) measured), as the cloak probe chooses."""
-    from livedeid.evaluation.photos import identity_photos
-
-    by_person: dict[str, list] = {}
-    for sample in identity_photos(Path(faces)):
-        by_person.setdefault(sample.identity, []).append(sample.path)
-    chosen = [(k, v) for k, v in sorted(by_person.items()) if len(v) >= min_photos]
-    unknown = sorted(set(only) - {k for k, _ in chosen})
-    if unknown:
-        raise UserError(f"no identity with {min_photos} or more photos named {', '.join(unknown)} in {faces}")
-    chosen = [(k, v) for k, v in chosen if not only or k in only][:people or None]
-    if not chosen:
-        raise UserError(f"no identity in {faces} has {min_photos} or more photos")
-    return by_person, chosen
 
 
 def judge_model(module, spec, probes: list, regions: list, gallery: list, judges: list, others: dict | None,
@@ -167,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from livedeid.cloak.finetune import BudgetedModel, finetune_autoencoder
-    from livedeid.cloak.protocol import enrolment_crops, pooled
+    from livedeid.cloak.protocol import choose_people, enrolment_crops, pooled
     from livedeid.cloak.verify import identity_centre, judge_outputs
     from livedeid.evaluation.baselines import find_region
     from livedeid.evaluation.photos import read_image

@@ -178,6 +178,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def choose_people(faces: Path, min_photos: int, only: tuple[str, ...], people: int) -> tuple[dict, list]:
+    """(every identity -> its photo paths, the (identity, paths) measured): identities with
+    at least ``min_photos`` photos, only those named in ``only`` when given, the first
+    ``people`` of them (0 = all)."""
+    from livedeid.evaluation.photos import identity_photos
+
+    by_person: dict[str, list] = {}
+    for sample in identity_photos(Path(faces)):
+        by_person.setdefault(sample.identity, []).append(sample.path)
+    chosen = [(k, v) for k, v in sorted(by_person.items()) if len(v) >= min_photos]
+    unknown = sorted(set(only) - {k for k, _ in chosen})
+    if unknown:
+        raise UserError(f"no identity with {min_photos} or more photos named {', '.join(unknown)} in {faces}")
+    chosen = [(k, v) for k, v in chosen if not only or k in only][:people or None]
+    if not chosen:
+        raise UserError(f"no identity in {faces} has {min_photos} or more photos")
+    return by_person, chosen
+
+
 # long: the per-person loop (optimise, verify, the optional transfer and codec runs) reads best whole
 def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 4, people: int = 0,
                  only: tuple[str, ...] = (), loo: bool = False, codec: list[float] | None = None, codec_frames: int = 15,
@@ -187,23 +206,11 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
     result: ``settings``, per-person ``people`` rows and ``pooled`` figures per method."""
     from livedeid.cloak.optimise import optimise_cloak
     from livedeid.cloak.verify import identity_centre, verify_cloak
-    from livedeid.evaluation.photos import identity_photos, read_image
+    from livedeid.evaluation.photos import read_image
     from livedeid.recognizers.base import get_recognizer
 
     s = settings
-    by_person: dict[str, list] = {}
-    for sample in identity_photos(Path(faces)):
-        by_person.setdefault(sample.identity, []).append(sample.path)
-    chosen = [(k, v) for k, v in sorted(by_person.items()) if len(v) >= min_photos]
-    if only:
-        unknown = sorted(set(only) - {k for k, _ in chosen})
-        if unknown:
-            raise UserError(f"no identity with {min_photos} or more photos named {', '.join(unknown)} in {faces}")
-        chosen = [(k, v) for k, v in chosen if k in only]
-    if people:
-        chosen = chosen[:people]
-    if not chosen:
-        raise UserError(f"no identity in {faces} has {min_photos} or more photos")
+    by_person, chosen = choose_people(Path(faces), min_photos, only, people)
 
     # Closed-set top-1: the attacker's gallery holds every identity. The person under test is
     # represented by their enrolment half (inside verify), everyone else by all their photos.
