@@ -149,13 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from livedeid.cloak.finetune import BudgetedModel, finetune_autoencoder
-    from livedeid.cloak.protocol import choose_people, enrolment_crops, pooled
-    from livedeid.cloak.verify import identity_centre, judge_outputs
+    from livedeid.cloak.protocol import (
+        choose_people,
+        enrolment_crops,
+        identity_centres,
+        others_of,
+        pooled,
+        split_photos,
+    )
+    from livedeid.cloak.verify import judge_outputs
     from livedeid.evaluation.baselines import find_region
-    from livedeid.evaluation.photos import read_image
     from livedeid.inference.manifest import load_spec, verified_file
     from livedeid.nets.autoencoder import load_weights
-    from livedeid.recognizers.base import get_recognizer
 
     torch.set_num_threads(max(1, args.threads))
     spec = load_spec()
@@ -170,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     centres = {}
     if not args.no_top1:
         say(f"gallery centres of {len(by_person)} identities for top-1 ...")
-        centres = {n: {ident: identity_centre(get_recognizer(n), [read_image(p) for p in paths])
-                       for ident, paths in by_person.items()} for n in judges}
+        centres = identity_centres(by_person, judges)
 
     def show(entry):
         match = {n: v["plain"]["centre"] for n, v in entry["enrol_match"].items()}
@@ -179,11 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for person, paths in chosen:
-        images = [read_image(p) for p in paths]
-        k = (len(images) + 1) // 2
-        enrol, probes = images[:k], images[k:]
-        others = {n: [c for ident, c in per.items() if ident != person and c is not None]
-                  for n, per in centres.items()} or None
+        enrol, probes = split_photos(paths)
+        k = len(enrol)
+        others = others_of(centres, person) or None
         regions = [find_region(img) for img in probes]
         crops, lms = enrolment_crops(enrol, spec.crop_size)
         say(f"{person}: {len(crops)} enrolment crops, {len(probes)} probes; fine-tuning {s.steps} steps ...")

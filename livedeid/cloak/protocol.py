@@ -197,6 +197,31 @@ def choose_people(faces: Path, min_photos: int, only: tuple[str, ...], people: i
     return by_person, chosen
 
 
+def identity_centres(by_person: dict, judges) -> dict:
+    """Per judge, every identity's gallery centre from all its photos (closed-set top-1)."""
+    from livedeid.cloak.verify import identity_centre
+    from livedeid.evaluation.photos import read_image
+    from livedeid.recognizers.base import get_recognizer
+
+    recs = {n: get_recognizer(n) for n in judges}
+    return {n: {ident: identity_centre(rec, [read_image(p) for p in paths]) for ident, paths in by_person.items()}
+            for n, rec in recs.items()}
+
+
+def others_of(centres: dict, person: str) -> dict:
+    """Per judge, the gallery centres of everyone but ``person``."""
+    return {n: [c for ident, c in per.items() if ident != person and c is not None] for n, per in centres.items()}
+
+
+def split_photos(paths) -> tuple[list, list]:
+    """(enrolment half, probe half) of a person's photos: the first half (rounded up) enrols."""
+    from livedeid.evaluation.photos import read_image
+
+    images = [read_image(p) for p in paths]
+    k = (len(images) + 1) // 2
+    return images[:k], images[k:]
+
+
 # long: the per-person loop (optimise, verify, the optional transfer and codec runs) reads best whole
 def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 4, people: int = 0,
                  only: tuple[str, ...] = (), loo: bool = False, codec: list[float] | None = None, codec_frames: int = 15,
@@ -205,9 +230,7 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
     the optimiser's ``settings`` (:class:`~livedeid.cloak.optimise.CloakSettings`); the
     result: ``settings``, per-person ``people`` rows and ``pooled`` figures per method."""
     from livedeid.cloak.optimise import optimise_cloak
-    from livedeid.cloak.verify import identity_centre, verify_cloak
-    from livedeid.evaluation.photos import read_image
-    from livedeid.recognizers.base import get_recognizer
+    from livedeid.cloak.verify import verify_cloak
 
     s = settings
     by_person, chosen = choose_people(Path(faces), min_photos, only, people)
@@ -215,12 +238,7 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
     # Closed-set top-1: the attacker's gallery holds every identity. The person under test is
     # represented by their enrolment half (inside verify), everyone else by all their photos.
     say(f"gallery centres of {len(by_person)} identities for top-1 ...")
-    recs = {n: get_recognizer(n) for n in judges}
-    centres = {n: {ident: identity_centre(rec, [read_image(p) for p in paths]) for ident, paths in by_person.items()}
-               for n, rec in recs.items()}
-
-    def others_of(person):
-        return {n: [c for ident, c in per.items() if ident != person and c is not None] for n, per in centres.items()}
+    centres = identity_centres(by_person, judges)
 
     def show(entry):
         match = {n: v["plain"]["centre"] for n, v in entry["held_out_match"].items()}
@@ -228,24 +246,23 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
 
     rows = []
     for person, paths in chosen:
-        images = [read_image(p) for p in paths]
-        k = (len(images) + 1) // 2
-        enrol, probes = images[:k], images[k:]
+        enrol, probes = split_photos(paths)
+        k = len(enrol)
         crops, lms = enrolment_crops(enrol)
         t0 = time.perf_counter()
         res = optimise_cloak(crops, s, landmarks=lms, progress=show)
         row = {"person": person, "enrol": k, "probes": len(probes), "seconds": time.perf_counter() - t0,
                "stopped_early": res.stopped_early, "history": res.history,
                "pattern_max": float(np.abs(res.pattern).max() * 255),
-               "cloak": verify_cloak(res.pattern, probes, enrol, judges, grow=s.grow, others=others_of(person)),
+               "cloak": verify_cloak(res.pattern, probes, enrol, judges, grow=s.grow, others=others_of(centres, person)),
                "clean": verify_cloak(np.zeros_like(res.pattern), probes, enrol, judges, grow=s.grow,
-                                     others=others_of(person))}
+                                     others=others_of(centres, person))}
         if loo:
             for key, ensemble in loo_keys(s.recognizers).items():
                 t1 = time.perf_counter()
                 r1 = optimise_cloak(crops, dataclasses.replace(s, recognizers=ensemble), landmarks=lms)
                 row[f"{key}_seconds"] = time.perf_counter() - t1
-                row[key] = verify_cloak(r1.pattern, probes, enrol, judges, grow=s.grow, others=others_of(person))
+                row[key] = verify_cloak(r1.pattern, probes, enrol, judges, grow=s.grow, others=others_of(centres, person))
         if codec:
             row.update(codec_verify(res.pattern, probes, enrol, judges, codec, grow=s.grow, frames=codec_frames))
             gh = {k: {n: round(v["gallery_match"], 2) for n, v in row[k]["recognizers"].items()}
