@@ -31,11 +31,29 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 
-def run_once(profile: Path, seconds: float, size: tuple[int, int], fps: float, refine: bool) -> dict:
+def refiner_at_work(proc, size: tuple[int, int], fps: float):
+    """A cloak refiner on ``proc`` (whose profile it refines) in its worst case, returned
+    once it is up and working (its first report): trigger_margin 2, so no cloak is ever
+    "safe" by that much and the worker refines in every round its duty cycle allows. Fed
+    frames of the built-in clip until then. Add it to the pipeline's listeners; close it."""
     from livedeid.cloak.refine import CloakRefiner, RefineSettings
+    from livedeid.io.synthetic import SyntheticPulseSource
+
+    refiner = CloakRefiner(proc.profile, proc, RefineSettings(min_crops=4, check_every_s=0.5, trigger_margin=2.0))
+    warm = SyntheticPulseSource(duration_s=2.0, fps=fps, size=size, seed=9)
+    frames = [proc.process(warm.frame(i)) for i in range(0, warm.frame_count, 5)]
+    deadline = time.monotonic() + 300
+    while refiner.status is None and refiner.error is None and time.monotonic() < deadline:
+        for f in frames:
+            f.timestamp += 1.0
+            refiner(f)
+        time.sleep(0.5)
+    return refiner
+
+
+def run_once(profile: Path, seconds: float, size: tuple[int, int], fps: float, refine: bool) -> dict:
     from livedeid.core.settings import PipelineConfig
     from livedeid.io.sources import open_source
-    from livedeid.io.synthetic import SyntheticPulseSource
     from livedeid.pipeline.factory import build_processor
     from livedeid.pipeline.runner import Pipeline
 
@@ -43,19 +61,8 @@ def run_once(profile: Path, seconds: float, size: tuple[int, int], fps: float, r
     proc = build_processor(PipelineConfig(engine="onnxruntime", profile=profile))
     pipeline = Pipeline(source, proc, [])
     refiner = None
-    if refine:
-        # trigger_margin 2: no cloak is ever "safe" by that much, so the worker refines in
-        # every round its duty cycle allows. Timing starts once it is up and working.
-        refiner = CloakRefiner(proc.profile, proc, RefineSettings(min_crops=4, check_every_s=0.5,
-                                                                  trigger_margin=2.0))
-        warm = SyntheticPulseSource(duration_s=2.0, fps=fps, size=size, seed=9)
-        frames = [proc.process(warm.frame(i)) for i in range(0, warm.frame_count, 5)]
-        deadline = time.monotonic() + 300
-        while refiner.status is None and refiner.error is None and time.monotonic() < deadline:
-            for f in frames:
-                f.timestamp += 1.0
-                refiner(f)
-            time.sleep(0.5)
+    if refine:  # timing starts once the refiner is up and working
+        refiner = refiner_at_work(proc, size, fps)
         pipeline.listeners.append(refiner)
     timer = threading.Timer(seconds, pipeline.stop)
     timer.start()

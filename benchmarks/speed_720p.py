@@ -1,19 +1,27 @@
 """Camera rate at 1280x720 on this CPU (issue 16): where the time goes, and end to end.
 
-    python benchmarks/speed_720p.py [--seconds 6] [--every 1,2,3] [--baseline REV]
+    python benchmarks/speed_720p.py [--seconds 6] [--every 1,3] [--cloak] [--baseline REV]
                                     [--deface auto|none|PATH] [--out benchmarks/results/speed_720p]
 
 All on one clip made here (the built-in synthetic pulse face at 1280x720, one face,
 H.264), in one run, so the ratios compare like with like:
 
-* **profile** (per ``engine_every``): decode, the track stage's two parts (face mesh on
-  the 640 px detection copy; the safety net's detector), window, engine, composite,
-  rppg and encode, each on its own, in ms per frame (p50/p95);
+Variants: ``engine_every`` N for each N of ``--every`` (the network on one frame in N at
+most, and on every frame whose face changed: ``engine_reuse_change``), and with ``--cloak``
+the enrolled user's configuration: a profile whose cloak the face wears instead of the
+network (a random pattern at 8/255: its figures do not matter to the speed).
+
+* **profile** (per variant): decode, the track stage's two parts (face mesh on the 640 px
+  detection copy; what the safety net adds after it: its detector runs beside the mesh),
+  window, engine, composite, rppg and encode, each on its own, in ms per frame (p50/p95),
+  and the share of face-frames that wore a kept residual instead of running the network;
 * **process**: the real `process` path (decode thread -> processor -> encode thread),
   end-to-end fps;
 * **live**: the clip played as a 30 fps camera in real time (frames due while the filter
   is busy are skipped, as a camera's are) through the same processor to a sink that
   discards frames: delivered fps and capture-to-output latency p50/p95;
+* **refining** (with ``--cloak``): live again with the profile's background refinement
+  working flat out beside it (issue 16: at least 0.9x the live rate without);
 * **deface** (CenterFace + blur, the peer a user would pick instead): its CLI on the same
   clip, from a separate virtual environment (it pulls its own OpenCV wheel, which must
   not meet MediaPipe's); ``auto`` looks for ``build/deface-venv/bin/deface``;
@@ -46,19 +54,30 @@ import numpy as np  # noqa: E402
 STAGES = ("decode", "track.mesh", "track.safety_net", "window", "engine", "composite", "rppg", "encode")
 
 
-def config(every: int | None):
-    """The pipeline's settings (``every`` None: the revision's defaults, for --baseline,
-    whose revision may have no ``engine_every``)."""
+def config(variant: str | None, profile: Path | None = None):
+    """The pipeline's settings for a variant, ``"every N"`` or ``"cloak"`` (``None``: the
+    revision's defaults, for --baseline, whose revision may have no ``engine_every``)."""
     from livedeid.core.settings import PipelineConfig
 
-    return PipelineConfig(engine="onnxruntime", **({"engine_every": every} if every is not None else {}))
+    if variant is None:
+        return PipelineConfig(engine="onnxruntime")
+    if variant == "cloak":
+        return PipelineConfig(engine="onnxruntime", profile=profile)
+    return PipelineConfig(engine="onnxruntime", engine_every=int(variant.split()[-1]))
+
+
+def reuse_share(proc) -> float | None:
+    """The share of face-frames that wore a kept residual (None: no face needed the network)."""
+    r = getattr(proc, "residuals", None)
+    total = (r.reused + r.fresh) if r is not None and hasattr(r, "reused") else 0
+    return round(r.reused / total, 3) if total else None
 
 
 def pct(values, q) -> float:
     return round(float(np.percentile(values, q)), 2) if values else 0.0
 
 
-def profile(clip: Path, every: int, frames: int) -> dict:
+def profile(clip: Path, cfg, frames: int) -> dict:
     """Each stage on its own, one frame after another (no threads), ms per frame."""
     from livedeid.io.sinks import FileSink
     from livedeid.io.sources import FileSource
@@ -76,7 +95,7 @@ def profile(clip: Path, every: int, frames: int) -> dict:
             break
         t = time.perf_counter()
     src.close()
-    proc = build_processor(config(every), path="host")
+    proc = build_processor(cfg, path="host")
     outputs = []
     for frame in decoded:
         done = proc.process(frame)
@@ -93,10 +112,11 @@ def profile(clip: Path, every: int, frames: int) -> dict:
         per = (time.perf_counter() - t0) * 1000 / max(1, len(outputs))
         times["encode"] = [per] * len(outputs)
     warm = 5  # model and tracker warm-up
-    return {s: {"p50": pct(v[warm:], 50), "p95": pct(v[warm:], 95)} for s, v in times.items()}
+    out = {s: {"p50": pct(v[warm:], 50), "p95": pct(v[warm:], 95)} for s, v in times.items()}
+    return {**out, "reused": reuse_share(proc)}
 
 
-def run_process(clip: Path, every: int | None) -> dict:
+def run_process(clip: Path, cfg) -> dict:
     from livedeid.io.sinks import FileSink
     from livedeid.io.sources import FileSource
     from livedeid.pipeline.factory import build_processor
@@ -104,16 +124,19 @@ def run_process(clip: Path, every: int | None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = FileSource(clip)
-        proc = build_processor(config(every), path="host")
+        proc = build_processor(cfg, path="host")
         sink = FileSink(Path(tmp) / "out.mp4", *src.size, rate=src.rate)
         t0 = time.perf_counter()
         result = Pipeline(src, proc, [sink]).run()
         wall = time.perf_counter() - t0
     return {"frames": result.frames_out, "fps": round(result.frames_out / wall, 2),
-            "hidden_face_frames": result.stats["hidden_face_frames"]}
+            "hidden_face_frames": result.stats["hidden_face_frames"], "reused": reuse_share(proc)}
 
 
-def run_live(clip: Path, every: int, seconds: float) -> dict:
+def run_live(clip: Path, cfg, seconds: float, refine: bool = False) -> dict:
+    """The clip as a 30 fps camera through the processor for ``seconds``; with ``refine``,
+    background refinement of the profile's cloak works flat out meanwhile (its worst case:
+    :func:`refine_latency.refiner_at_work`)."""
     from livedeid.io.sinks import NullSink
     from livedeid.io.sources import FileSource, LiveSimulation
     from livedeid.pipeline.factory import build_processor
@@ -125,14 +148,23 @@ def run_live(clip: Path, every: int, seconds: float) -> dict:
         latencies.append((time.monotonic() - frame.timestamp) * 1000)
 
     src = LiveSimulation(lambda: FileSource(clip), loop=True)
-    proc = build_processor(config(every), path="host")
-    pipeline = Pipeline(src, proc, [NullSink()], [latency])
+    proc = build_processor(cfg, path="host")
+    refiner = None
+    if refine:
+        from refine_latency import refiner_at_work
+
+        refiner = refiner_at_work(proc, (1280, 720), 30.0)
+    pipeline = Pipeline(src, proc, [NullSink()], [latency] + ([refiner] if refiner else []))
     timer = threading.Timer(seconds, pipeline.stop)
     timer.start()
     t0 = time.perf_counter()
-    result = pipeline.run()
-    wall = time.perf_counter() - t0
-    timer.cancel()
+    try:
+        result = pipeline.run()
+        wall = time.perf_counter() - t0  # before the refiner's worker is shut down (about a second)
+    finally:
+        timer.cancel()
+        if refiner is not None:
+            refiner.close()
     lat = latencies[15:]  # after the warm-up
     return {"frames": result.frames_out, "fps": round(result.frames_out / wall, 2),
             "latency_p50_ms": pct(lat, 50), "latency_p95_ms": pct(lat, 95)}
@@ -179,24 +211,35 @@ def find_deface(choice: str) -> Path | None:
     return path if path.is_file() else None
 
 
+NAMES = {"every 1": "network every frame", "cloak": "cloak profile (enrolled user)",
+         **{f"every {n}": f"network 1 in {n} at most" for n in (2, 3, 4)}}
+
+
 def markdown(res: dict, command: str) -> str:
     lines = [f"# 1280x720, one face, safety net on ({res['date']})", "", f"`{command}`", "",
              f"Machine: {res['machine']}; clip: {res['seconds']} s synthetic face at 30 fps; "
              f"engine: ONNX Runtime (CPU).", "", "## Where the time goes (ms per frame, p50 / p95)", "",
-             "| stage | " + " | ".join(f"every {e}" for e in res["profile"]) + " |",
+             "| stage | " + " | ".join(f"{NAMES.get(v, v)}" for v in res["profile"]) + " |",
              "|---|" + "---:|" * len(res["profile"])]
     for s in STAGES:
         lines.append(f"| {s} | " + " | ".join(f"{p[s]['p50']:.1f} / {p[s]['p95']:.1f}"
                                             for p in res["profile"].values()) + " |")
+    lines.append("| face-frames wearing a kept residual | " + " | ".join(
+        "-" if p.get("reused") is None else f"{100 * p['reused']:.0f} %" for p in res["profile"].values()) + " |")
     lines += ["", "Stages run on three threads in `process` (decode, processor, encode) and two in `live`, "
-              "so end-to-end time per frame is about the slowest of them plus contention on 2 cores, "
-              "not the sum.", "", "## End to end", "",
+              "plus the safety net's detector beside the face mesh, so end-to-end time per frame is about "
+              "the slowest of them plus contention on 2 cores, not the sum.", "", "## End to end", "",
               "| variant | process fps | live fps | live latency p50 / p95 ms | hidden face-frames (process) |",
               "|---|---:|---:|---:|---:|"]
-    for e, r in res["end_to_end"].items():
+    for v, r in res["end_to_end"].items():
         p, lv = r["process"], r["live"]
-        lines.append(f"| livedeid, engine every {e} | {p['fps']} | {lv['fps']} | "
+        lines.append(f"| livedeid, {NAMES.get(v, v)} | {p['fps']} | {lv['fps']} | "
                      f"{lv['latency_p50_ms']} / {lv['latency_p95_ms']} | {p['hidden_face_frames']} |")
+    rf = res.get("refining")
+    if rf:
+        ratio = rf["fps"] / res["end_to_end"]["cloak"]["live"]["fps"]
+        lines.append(f"| livedeid, cloak profile with background refinement at work | | {rf['fps']} "
+                     f"({ratio:.2f}x without) | {rf['latency_p50_ms']} / {rf['latency_p95_ms']} | |")
     b = res.get("baseline")
     if b:
         lines.append(f"| livedeid {b['rev']} (baseline) | {b.get('fps', b.get('error'))} | | | "
@@ -213,7 +256,8 @@ def markdown(res: dict, command: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--every", default="1,2,3", help="engine_every values to measure")
+    ap.add_argument("--every", default="1,3", help="engine_every values to measure")
+    ap.add_argument("--cloak", action="store_true", help="also the enrolled user's configuration (a cloak profile)")
     ap.add_argument("--live-seconds", type=float, default=10.0)
     ap.add_argument("--baseline", default=None, metavar="REV")
     ap.add_argument("--deface", default="auto")
@@ -221,21 +265,32 @@ def main() -> int:
     ap.add_argument("--process-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.process_only is not None:  # the baseline's child: one JSON line
-        print(json.dumps(run_process(args.process_only, None)))
+        print(json.dumps(run_process(args.process_only, config(None))))
         return 0
     from bench_process import make_clip
 
-    everies = [int(e) for e in args.every.split(",")]
+    variants = [f"every {int(e)}" for e in args.every.split(",") if e] + (["cloak"] if args.cloak else [])
     res = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "profile": {}, "end_to_end": {}}
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip720.mp4"
         make_clip(clip, args.seconds, (1280, 720))
         frames = round(args.seconds * 30)
-        for e in everies:
-            print(f"engine every {e}: profile, process, live ...", flush=True)
-            res["profile"][e] = profile(clip, e, frames)
-            res["end_to_end"][e] = {"process": run_process(clip, e), "live": run_live(clip, e, args.live_seconds)}
+        cloak = None
+        if args.cloak:
+            from livedeid.io.profile import Profile, save_profile
+
+            pattern = np.random.default_rng(0).uniform(-8 / 255, 8 / 255, (3, 128, 128)).astype(np.float32)
+            cloak = save_profile(Profile(name="bench", pattern=pattern, budget=8 / 255,
+                                         recognizers={"dlib": {}, "sface": {}}), Path(tmp) / "bench.npz")
+        for v in variants:
+            print(f"{v}: profile, process, live ...", flush=True)
+            res["profile"][v] = profile(clip, config(v, cloak), frames)
+            res["end_to_end"][v] = {"process": run_process(clip, config(v, cloak)),
+                                    "live": run_live(clip, config(v, cloak), args.live_seconds)}
+        if cloak is not None:  # refinement is a live run's: no profile or process row of its own
+            print("cloak, refining: live ...", flush=True)
+            res["refining"] = run_live(clip, config("cloak", cloak), args.live_seconds, refine=True)
         if args.baseline:
             print(f"baseline {args.baseline} ...", flush=True)
             res["baseline"] = run_baseline(args.baseline, clip)

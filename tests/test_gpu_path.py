@@ -116,7 +116,8 @@ def test_windows_of_device_tensors_are_causal_ring_buffers():
 
 # -- the device path on the CPU vs the numpy pipeline ----------------------------------------
 def test_device_path_on_cpu_matches_numpy_pipeline(astronaut_bgr, spec, cpu_engine):
-    ref = FrameProcessor(PipelineConfig(engine="onnxruntime"), spec, cpu_engine)
+    # the device path runs the network on every frame: so does the reference here
+    ref = FrameProcessor(PipelineConfig(engine="onnxruntime", engine_every=1), spec, cpu_engine)
     dev = TorchFrameProcessor(PipelineConfig(), spec, cpu_engine, device="cpu")
     rows = _compare(ref, dev, astronaut_bgr)
     for mean_in, max_in, max_out, changed in rows:
@@ -292,7 +293,7 @@ def test_onnxruntime_cuda_close_to_cpu(spec, windows):
 @pytest.mark.cuda
 @needs_cuda
 def test_frame_processor_on_cuda_matches_cpu(astronaut_bgr, spec, cpu_engine):
-    ref = FrameProcessor(PipelineConfig(engine="onnxruntime"), spec, cpu_engine)
+    ref = FrameProcessor(PipelineConfig(engine="onnxruntime", engine_every=1), spec, cpu_engine)
     dev = TorchFrameProcessor(PipelineConfig(), spec, TorchEngine(spec, "cuda", cuda_graphs=True), device="cuda")
     rows = _compare(ref, dev, astronaut_bgr)
     for mean_in, max_in, max_out, changed in rows:

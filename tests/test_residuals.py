@@ -1,6 +1,7 @@
 """The network on one frame in N (``engine_every``, issue 16): between runs a face wears
-its last residual, in crop space, so the protection moves with the face; a hidden face
-starts afresh. Real tracker, real ONNX Runtime engine; the engine is only counted."""
+its last residual, in crop space, so the protection moves with the face, but only while
+the face's crop has not changed (``engine_reuse_change``); a hidden face starts afresh.
+Real tracker, real ONNX Runtime engine; the engine is only counted."""
 from __future__ import annotations
 
 import cv2
@@ -32,8 +33,9 @@ class CountingEngine:
         return getattr(self.engine, name)
 
 
-def _run(astronaut_bgr, every, frames=9):
-    proc = FrameProcessor(PipelineConfig(engine="onnxruntime", engine_every=every, safety_net=False))
+def _run(astronaut_bgr, every, frames=9, change=1.0):
+    proc = FrameProcessor(PipelineConfig(engine="onnxruntime", engine_every=every, engine_reuse_change=change,
+                                         safety_net=False))
     proc.engine = counting = CountingEngine(proc.engine)
     done = [proc.process(Frame(_scene(astronaut_bgr, i), i, i / 30)) for i in range(frames)]
     proc.close()
@@ -65,6 +67,28 @@ def test_the_network_runs_on_one_frame_in_n_and_the_residual_moves_with_the_face
     assert diff[0] == diff[3] == 0.0 and max(diff) < 2.0
 
 
+def _still(face, i, blurred=()):
+    image = _scene(face, 0)
+    return cv2.GaussianBlur(image, (0, 0), 4) if i in blurred else image
+
+
+def test_a_face_that_changed_gets_the_network_again(astronaut_bgr):
+    """A still face wears its residual for every-1 frames; a frame whose face is blurred
+    (and the sharp one after it) differs from what the network saw, so it runs again."""
+
+    def runs(blurred):
+        proc = FrameProcessor(PipelineConfig(engine="onnxruntime", engine_every=3, engine_reuse_change=4 / 255,
+                                             safety_net=False))
+        proc.engine = counting = CountingEngine(proc.engine)
+        done = [proc.process(Frame(_still(astronaut_bgr, i, blurred), i, i / 30)) for i in range(3)]
+        proc.close()
+        assert all(f.faces and not f.fail_closed_regions for f in done)
+        return counting.faces, proc.residuals.reused
+
+    assert runs(blurred=()) == (1, 2)
+    assert runs(blurred=(1,)) == (3, 0)
+
+
 def test_a_hidden_face_starts_afresh(astronaut_bgr):
     proc = FrameProcessor(PipelineConfig(engine="onnxruntime", engine_every=3, safety_net=False))
     proc.engine = counting = CountingEngine(proc.engine)
@@ -82,3 +106,5 @@ def test_engine_every_is_checked():
         PipelineConfig(engine_every=0).validate()
     with pytest.raises(UserError, match="engine_every"):
         PipelineConfig(engine_every=5).validate()
+    with pytest.raises(UserError, match="engine_reuse_change"):
+        PipelineConfig(engine_reuse_change=-0.1).validate()

@@ -23,7 +23,7 @@ DOCUMENTED = {
     "engine": "onnxruntime", "model": None, "fail_closed": "mask", "max_faces": 2, "min_confidence": 0.7,
     "hr_method": "chrom", "hr_window_s": 8.0, "hr_overlay": True, "detect_long_side": 480,
     "safety_net": False, "startup_guard": False, "profile": "ada.npz", "hide_unverified": True, "engine_every": 2,
-    "engine_threads": 1,
+    "engine_reuse_change": 0.05, "engine_threads": 1,
 }
 CAPTURED = "stopped here: the test has the pipeline's config"
 

@@ -25,7 +25,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="pipeline settings as JSON or TOML (keys as PipelineConfig: engine, model, fail_closed, "
                         "max_faces, min_confidence, hr_method, hr_window_s, hr_overlay, detect_long_side, "
-                        "safety_net, startup_guard, profile, hide_unverified, engine_every, engine_threads); "
+                        "safety_net, startup_guard, profile, hide_unverified, engine_every, engine_reuse_change, "
+                        "engine_threads); "
                         "options given here win")
     p.add_argument("--engine", choices=ENGINE_NAMES, default=None,
                    help="inference backend (default: auto = TensorRT > torch CUDA > ONNX Runtime)")

@@ -31,7 +31,10 @@ class PipelineConfig:
     startup_guard: bool = True    # hide the whole frame until the first face is found
     profile: Path | None = None   # an enrolled person's cloak: a profile file or a name in the profile folder
     hide_unverified: bool = False  # hide (fail-closed policy) every face whose protection is not verified
-    engine_every: int = 1         # run the network for a face on 1 frame in N; between, its last residual moves with it
+    engine_every: int = 3         # run the network for a face on 1 frame in N at most (CPU path; the device path
+                                  # runs it on every frame); between, its last residual moves with the face ...
+    engine_reuse_change: float = 4 / 255  # ... while its aligned crop differs from the one the network saw by at most
+                                  # this (mean absolute, 0-1); above it the network runs (protect/residuals.py)
     engine_threads: int = 0       # ONNX Runtime's threads (0: its default, every core; `batch` sets its CPUs per video)
 
     def validate(self) -> None:
@@ -53,6 +56,8 @@ class PipelineConfig:
             raise UserError("engine_threads must be 0..256 (0: ONNX Runtime's default, every core)")
         if not 1 <= self.engine_every <= 4:
             raise UserError("engine_every must be 1..4 (the network on one frame in N)")
+        if not 0.0 <= self.engine_reuse_change <= 1.0:
+            raise UserError("engine_reuse_change must be within 0..1 (mean absolute change of the face's crop)")
         if self.profile is not None and not str(self.profile).strip():
             raise UserError("profile name is empty")
 

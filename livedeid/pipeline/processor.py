@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -98,10 +99,11 @@ class FrameProcessor:
         self.tracker = FaceTracker(max_faces=self.config.max_faces, crop_size=self.spec.crop_size,
                                    detect_long_side=self.config.detect_long_side)
         self.safety_net = SafetyNet() if self.config.safety_net else None
+        self._beside_mesh = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety-net")
         self.release = LostFaceRelease(CLEAR_FRAMES_WITH_SAFETY_NET if self.safety_net is not None
                                        else CLEAR_FRAMES_MESH_ONLY)
         self.windows = FaceWindows(self.spec.window, self.spec.crop_size)
-        self.residuals = ResidualCache(self.config.engine_every)
+        self.residuals = ResidualCache(self.config.engine_every, self.config.engine_reuse_change)
         self.hr = StreamingHR(method=self.config.hr_method, window_s=self.config.hr_window_s)
         self.hiding = FailClosed(self.config)
         self.events: deque[str] = deque(maxlen=100)
@@ -109,6 +111,7 @@ class FrameProcessor:
         self._face_seen = False
 
     def close(self) -> None:
+        self._beside_mesh.shutdown(wait=True)
         self.tracker.close()
         if self.safety_net is not None:
             self.safety_net.close()
@@ -133,12 +136,18 @@ class FrameProcessor:
         safety net's unheld faces; whether any face has been found yet)."""
         t = time.perf_counter()
         rgb = self.tracker.detection_rgb(frame.image)
+        hw = frame.image.shape[:2]
+        # The safety net's detector needs nothing from the mesh: it runs beside it (both
+        # are MediaPipe graphs, which release the GIL), its verdict after it.
+        detecting = self._beside_mesh.submit(self.safety_net.detect_scored, rgb, hw) if self.safety_net is not None else None
         frame.faces = self.tracker.update(frame.image, frame.timestamp, rgb)
-        # parts of the track stage, for profiles (not in STAGES: the total counts them once)
+        # parts of the track stage, for profiles (not in STAGES: the total counts them once);
+        # track.safety_net is what the net adds after the mesh (its wait, then its verdict)
         t_mesh = time.perf_counter()
         frame.stage_ms["track.mesh"] = (t_mesh - t) * 1000.0
-        if self.safety_net is not None:
-            frame.unheld_boxes = self.safety_net.update(rgb, frame.image.shape[:2], [f.bbox() for f in frame.faces])
+        if detecting is not None:
+            frame.unheld_boxes = self.safety_net.update(rgb, hw, [f.bbox() for f in frame.faces],
+                                                        found=detecting.result())
         frame.stage_ms["track.safety_net"] = (time.perf_counter() - t_mesh) * 1000.0
         self._release_lost(frame)
         self._face_seen = self._face_seen or bool(frame.faces) or bool(frame.unheld_boxes)

@@ -67,10 +67,10 @@ def apply_protection(out: np.ndarray, face: FaceTrack) -> None:
         np.ascontiguousarray(residual), to_box, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT, borderValue=0,
     )
+    warped *= mask[:, :, None] * 255.0
     region = out[y0:y1, x0:x1]
-    blended = region.astype(np.float32) + warped * (mask[:, :, None] * 255.0)
-    np.clip(np.rint(blended), 0, 255, out=blended)
-    region[...] = blended.astype(np.uint8)
+    # one pass: the sum rounded and saturated to 0-255 (as np.clip(np.rint(...)) would)
+    region[...] = cv2.add(region, warped, dtype=cv2.CV_8U)
 
 
 def draw_hr_overlay(out: np.ndarray, bpm: float | None, quality: str) -> None:

@@ -127,16 +127,19 @@ class SafetyNet:
         return bool(self._verifier.process(np.ascontiguousarray(crop)).multi_face_landmarks)
 
     def update(self, rgb: np.ndarray, frame_hw: tuple[int, int],
-               tracked: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+               tracked: list[tuple[int, int, int, int]],
+               found: list[tuple[tuple, float, bool]] | None = None) -> list[tuple[int, int, int, int]]:
         """Boxes to hide in this frame: the faces found in ``rgb`` (the tracker's detection
         copy of a ``frame_hw`` frame) that none of the ``tracked`` boxes holds (:func:`held`),
         plus those seen recently (confirmed: within ``hold_frames``; unconfirmed: within
-        :data:`PENDING_FRAMES`), with their margins."""
+        :data:`PENDING_FRAMES`), with their margins. ``found``: this frame's
+        :meth:`detect_scored`, when it already ran (beside the face mesh, on another thread)."""
 
         def held_by_track(box) -> bool:
             return held(box, tracked)
 
-        found = self.detect_scored(rgb, frame_hw)
+        if found is None:
+            found = self.detect_scored(rgb, frame_hw)
         self.last_detections = [box for box, _, _ in found]
         for entry in self._held:
             entry[4] += 1
