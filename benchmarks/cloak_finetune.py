@@ -92,12 +92,10 @@ def markdown(result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from livedeid.cloak.protocol import add_protocol_options
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--faces", default=str(ROOT.parent / "shared" / "data" / "faces" / "celebrities"))
-    ap.add_argument("--min-photos", type=int, default=4)
-    ap.add_argument("--people", type=int, default=0, help="only the first N qualifying people (0 = all)")
-    ap.add_argument("--only", default="", help="only these identities, comma-separated")
-    ap.add_argument("--recipe", default="default", help="name of the result files")
+    add_protocol_options(ap, ROOT.parent / "shared" / "data" / "faces" / "celebrities")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: FinetuneSettings')")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch", type=int, default=None)
@@ -170,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     run_spec = dataclasses.replace(spec, max_perturbation=s.budget)
     start = load_weights(weights, spec.window, s.budget)  # the generic weights, residual bound = the budget
     keys = ["clean", "generic"] + (["generic_budget"] if raised else []) + ["finetuned"]
-    by_person, chosen = choose_people(Path(args.faces), args.min_photos,
-                                      tuple(n for n in args.only.split(",") if n), args.people)
+    by_person, chosen = choose_people(Path(args.faces), args.min_photos, args.only, args.people)
     centres = {}
     if not args.no_top1:
         say(f"gallery centres of {len(by_person)} identities for top-1 ...")

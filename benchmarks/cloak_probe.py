@@ -15,17 +15,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from livedeid.cloak.protocol import parse_kbps, run_protocol, write_result  # noqa: E402
+from livedeid.cloak.protocol import add_protocol_options, parse_kbps, run_protocol, write_result  # noqa: E402
 from livedeid.io.profile import DEFAULT_BUDGET  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--faces", default=str(ROOT.parent / "shared" / "data" / "faces" / "celebrities"))
-    ap.add_argument("--min-photos", type=int, default=4)
-    ap.add_argument("--people", type=int, default=0, help="only the first N qualifying people (0 = all)")
-    ap.add_argument("--only", default="", help="only these identities, comma-separated (quick ablations)")
-    ap.add_argument("--recipe", default="default", help="name of the result files")
+    add_protocol_options(ap, ROOT.parent / "shared" / "data" / "faces" / "celebrities")
     ap.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the optimiser's)")
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET * 255,
                     help=f"L-inf budget in 8-bit levels (default: enrolment's, {DEFAULT_BUDGET * 255:.0f})")
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jpeg_share is not None:
         s.eot.jpeg_share = args.jpeg_share
     result = run_protocol(Path(args.faces), s, judges, min_photos=args.min_photos, people=args.people,
-                          only=tuple(n for n in args.only.split(",") if n), loo=args.loo,
+                          only=args.only, loo=args.loo,
                           codec=args.codec, codec_frames=args.codec_frames, say=lambda t: print(t, flush=True))
     result = {"recipe": args.recipe, "command": "python benchmarks/cloak_probe.py " + " ".join(argv or sys.argv[1:]),
               **result}

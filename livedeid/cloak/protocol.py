@@ -178,6 +178,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_protocol_options(ap, faces_default: Path) -> None:
+    """The options every benchmark of this protocol takes (an ``argparse`` parser):
+    --faces, --min-photos, --people, --only (``args.only`` comes back as a tuple of
+    identities) and --recipe (the result files' name)."""
+    ap.add_argument("--faces", default=str(faces_default))
+    ap.add_argument("--min-photos", type=int, default=4)
+    ap.add_argument("--people", type=int, default=0, help="only the first N qualifying people (0 = all)")
+    ap.add_argument("--only", default=(), type=lambda text: tuple(n for n in text.split(",") if n),
+                    help="only these identities, comma-separated (quick ablations)")
+    ap.add_argument("--recipe", default="default", help="name of the result files")
+
+
 def choose_people(faces: Path, min_photos: int, only: tuple[str, ...], people: int) -> tuple[dict, list]:
     """(every identity -> its photo paths, the (identity, paths) measured): identities with
     at least ``min_photos`` photos, only those named in ``only`` when given, the first
