@@ -331,6 +331,51 @@ def test_init_weights_of_another_shape_are_refused(short_run, tiny_faces, tmp_pa
 
 @pytest.mark.data
 @pytest.mark.slow
+def test_a_pixel_only_student_learns_its_teachers_residual(tiny_faces, tmp_path):
+    # Distillation (issue 16): a pixel-only student started from the shipped model's shared
+    # layers (its identity branch dropped) is trained on the teacher's residual alone; the
+    # recognisers are not run (beta 0), and the distance to the teacher falls.
+    import csv
+
+    from livedeid.inference.manifest import load_spec
+    from livedeid.nets.autoencoder import load_weights
+    from livedeid.training.config import load_config
+    from livedeid.training.loop import train
+
+    shipped = load_spec(Path(__file__).resolve().parents[1] / "engines" / "deid.json")
+    teacher = shipped.weights_path
+    if not load_weights(teacher, shipped.window, shipped.max_perturbation).identity_branch:
+        pytest.skip("the shipped model has no identity branch: nothing to distil")
+    cfg = load_config(None, [f"out_dir={tmp_path / 'run'}", f"data.faces_root={tiny_faces}",
+                             f"data.cache={tmp_path / 'c.npz'}", "data.held_out={}", 'recognizers=["sface"]',
+                             f"init_weights={teacher}", f"teacher={teacher}", "loss.alpha=0", "loss.beta=0",
+                             "loss.gamma=0", "loss.distil=1", "batch=2", "steps=24", "lr=0.003",
+                             "warmup_steps=2", "log_every=4", "eval.enabled=false", "threads=2"])
+    result = train(cfg, progress=False)
+    student = load_weights(result["weights"], 8, cfg["model"]["max_perturbation"])
+    assert not student.identity_branch
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    distil = [float(r["distil"]) for r in rows]
+    assert all(r["deid"] == "0.0000" and r["sface_self_match"] == "" for r in rows)  # recognisers not run
+    assert np.mean(distil[-6:]) < 0.8 * np.mean(distil[:6]), distil
+
+
+def test_distillation_settings_are_checked(tmp_path):
+    from livedeid.core.errors import UserError
+    from livedeid.training.config import load_config
+    from livedeid.training.loop import build_teacher
+
+    with pytest.raises(UserError, match="needs a teacher"):
+        build_teacher(load_config(None, ["loss.distil=1"]), "cpu")
+    assert build_teacher(load_config(None, []), "cpu") is None
+    pickled = tmp_path / "teacher.pt"
+    torch.save({"model": object()}, pickled)       # a pickle payload, not a state dict
+    with pytest.raises(UserError, match="cannot load teacher"):
+        build_teacher(load_config(None, [f"teacher={pickled}", "loss.distil=1"]), "cpu")
+
+
+@pytest.mark.data
+@pytest.mark.slow
 def test_held_out_evaluation_writes_what_the_export_reads(short_run, tmp_path):
     # The trainer's held-out evaluation on the tiny set (every person taken as held out):
     # the harness of `livedeid eval` underneath, eval.json's fields on top.

@@ -54,6 +54,21 @@ class Engine:
         return np.ascontiguousarray(windows, dtype=np.float32)
 
 
+def session_options(threads: int = 0):
+    """ONNX Runtime's settings for the frame path (and for benchmarks that time it)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    # Idle pool threads sleep instead of spin-waiting: the frame path runs the engine
+    # beside the mesh, the safety net, decode and encode threads on a few cores, and a
+    # spinning pool takes their time (benchmarks/speed_720p.py; docs/decisions.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
@@ -68,16 +83,9 @@ class OnnxRuntimeEngine(Engine):
             providers.insert(0, "CUDAExecutionProvider")
         elif use_cuda:
             raise EngineUnavailable("onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        # Idle pool threads sleep instead of spin-waiting: the frame path runs the engine
-        # beside the mesh, the safety net, decode and encode threads on a few cores, and a
-        # spinning pool takes their time (benchmarks/speed_720p.py; docs/decisions.md).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                                providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise UserError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"

@@ -33,11 +33,13 @@ DEFAULTS: dict = {
     "lr": 1e-3,
     "pattern_lr": 0.02,          # Adam step for the model's universal pattern (pre-tanh units)
     "init_weights": "",          # start from these weights (a state dict .pt) instead of the seed
+    "teacher": "",               # distil: learn this model's residual (a state dict .pt), see loss.distil
     "weight_decay": 1e-4,
     "warmup_steps": 50,
     "grad_clip": 1.0,
     "loss": {"alpha": 1.0, "beta": 0.05, "gamma": 0.05, "temporal": 0.05,
-             "away": 1.0, "uniform": 0.5, "hinge": 4.0, "scale": 16.0, "margin": 0.1},
+             "away": 1.0, "uniform": 0.5, "hinge": 4.0, "scale": 16.0, "margin": 0.1,
+             "distil": 0.0},             # weight of the teacher's-residual term (needs "teacher")
     "rppg_every": 10,            # steps between Pearson-on-POS batches (0 = never)
     "rppg_outputs": 60,          # consecutive outputs in one such batch (2 s at 30 fps)
     "ckpt_every": 100,

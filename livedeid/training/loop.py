@@ -1,8 +1,8 @@
 """`livedeid train`: train the de-identification autoencoder, evaluate it on held-out
 people, and (when it de-identifies better than the untrained model) export it.
 
-One readable loop, top to bottom: config -> data -> recognisers -> model -> steps ->
-checkpoint -> evaluation -> export. Settings: :mod:`livedeid.training.config`; the
+One readable loop, top to bottom: config -> data -> recognisers -> model (and, when
+distilling, its frozen teacher) -> steps -> checkpoint -> evaluation -> export. Settings: :mod:`livedeid.training.config`; the
 held-out evaluation and the export rule: :mod:`livedeid.training.heldout`.
 
 Outputs in ``out_dir``: ``config.json`` (what ran), ``split.json`` (train / held-out
@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pickle
 import time
 from pathlib import Path
 
@@ -109,6 +110,29 @@ def build_model(cfg: dict, device):
     return model.to(device)
 
 
+def build_teacher(cfg: dict, device):
+    """The frozen model whose residual the student learns (``teacher``), or None.
+
+    Distillation exists for speed: the shipped model's identity branch costs about 3x the
+    pixel-only network on the CPU, and a pixel-only student that reproduced its residual
+    would keep its effect at the smaller network's cost. The first student did not
+    (docs/decisions.md, issue 16, third steps): ``configs/train_distil_cpu.json``."""
+    from livedeid.nets.autoencoder import load_weights
+
+    if not cfg["teacher"]:
+        if cfg["loss"]["distil"]:
+            raise UserError("loss.distil needs a teacher (set teacher=WEIGHTS.pt)")
+        return None
+    mc = cfg["model"]
+    try:
+        teacher = load_weights(resolve_path(cfg["teacher"]), int(mc["window"]), float(mc["max_perturbation"]))
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:   # unreadable, a pickle payload, other shapes
+        raise UserError(f"cannot load teacher {cfg['teacher']}: {str(exc).splitlines()[0]}") from None
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
 def build_optimizer(model, cfg: dict):
     import torch
 
@@ -140,19 +164,22 @@ def lr_schedule(cfg: dict, t0: float):
 def _init_weights(model, cfg: dict, device) -> None:
     import torch
 
-    # Non-strict only for what the new model adds (a warm start of the identity branch
-    # from a pixel-only model: its SFace weights and warp, set in build_model, stay);
+    # Non-strict only for the identity branch: a warm start of the branch from a
+    # pixel-only model (its SFace weights and warp, set in build_model, stay), or a
+    # pixel-only student started from its teacher's shared layers (the branch is dropped);
     # anything else missing or unexpected is an error.
+    branch = ("ident.", "id_", "chip_grid", "crop_grid")
     try:
         missing, unexpected = model.load_state_dict(
             torch.load(resolve_path(cfg["init_weights"]), map_location=device, weights_only=True), strict=False)
-    except (OSError, RuntimeError) as exc:   # unreadable, a pickle payload, shapes that differ
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:   # unreadable, a pickle payload, other shapes
         raise UserError(f"cannot start from init_weights {cfg['init_weights']}: "
                         f"{str(exc).splitlines()[0]}") from None
-    if unexpected or any(not k.startswith(("ident.", "id_", "chip_grid", "crop_grid")) for k in missing):
+    dropped = [] if model.identity_branch else [k for k in unexpected if k.startswith(branch)]
+    if set(unexpected) - set(dropped) or any(not k.startswith(branch) for k in missing):
         raise UserError(f"init_weights {cfg['init_weights']} do not fit the model "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    print(f"initialised from {cfg['init_weights']}")
+    print(f"initialised from {cfg['init_weights']}" + (" without its identity branch" if dropped else ""))
 
 
 def restore(model, opt, cfg: dict, ckpt_path: Path, device) -> int:
@@ -187,10 +214,11 @@ def _rppg_loss(model, sampler, cfg: dict, rng, device):
     return rppg_pearson_loss(clean[None], protected[None], torch.from_numpy(long.roi).to(device), long.fs)
 
 
-def step_loss(model, heads, protos: dict, sampler, cfg: dict, step: int, rng, device):
+def step_loss(model, heads, protos: dict, sampler, cfg: dict, step: int, rng, device, teacher=None):
     """The loss of one step and its parts: ``(loss, terms, info, psnr)``, ``terms`` the
     weighted-in tensors by name (``rppg`` only on the steps that run it), ``info`` the
-    per-recogniser diagnostics of :func:`livedeid.training.losses.deid_loss`."""
+    per-recogniser diagnostics of :func:`livedeid.training.losses.deid_loss` (empty when
+    ``loss.beta`` is 0: the recognisers are then not run at all)."""
     import torch
 
     from livedeid.training.losses import DeidWeights, deid_loss, reconstruction_loss, residual_temporal_loss
@@ -207,13 +235,23 @@ def step_loss(model, heads, protos: dict, sampler, cfg: dict, step: int, rng, de
     # 2) losses: reconstruct, de-identify (ensemble), residual's skin colour steady
     recon = reconstruction_loss(protected, clean)
     ident = torch.from_numpy(np.repeat(batch.identity, k_out)).to(device)
-    weights = DeidWeights(lw["away"], lw["uniform"], lw["hinge"], lw["scale"], lw["margin"])
-    deid, info = deid_loss(heads, protected, clean, ident, protos, weights)
+    if lw["beta"]:
+        weights = DeidWeights(lw["away"], lw["uniform"], lw["hinge"], lw["scale"], lw["margin"])
+        deid, info = deid_loss(heads, protected, clean, ident, protos, weights)
+    else:
+        deid, info = protected.new_zeros(()), {}
     residual = (protected - clean).reshape(b, k_out, *protected.shape[1:])
     roi = torch.from_numpy(batch.roi).to(device)
     temporal = residual_temporal_loss(residual, roi) if k_out > 1 else protected.new_zeros(())
     loss = lw["alpha"] * recon + lw["beta"] * deid + lw["temporal"] * temporal
     terms = {"recon": recon, "deid": deid, "temporal": temporal}
+    if teacher is not None:
+        # The teacher's composited residual on the same windows, in units of the budget.
+        with torch.no_grad():
+            _, taught = protect_windows(teacher, wins.reshape(b * k_out, *wins.shape[2:]), oval)
+        scale = float(cfg["model"]["max_perturbation"])
+        terms["distil"] = torch.mean(((protected - taught) / scale) ** 2)
+        loss = loss + lw["distil"] * terms["distil"]
 
     # 3) every few steps: a 2 s sequence, Pearson between clean and protected POS pulses
     if cfg["rppg_every"] and lw["gamma"] and step % int(cfg["rppg_every"]) == 0:
@@ -229,7 +267,7 @@ class TrainLog:
     """``log.csv``: one row per step, appended to when a run resumes."""
 
     def __init__(self, path: Path, heads, resumed: bool):
-        fields = ["step", "seconds", "lr", "loss", "recon", "deid", "temporal", "rppg", "psnr"]
+        fields = ["step", "seconds", "lr", "loss", "recon", "deid", "temporal", "rppg", "distil", "psnr"]
         fields += [f"{h.name}_{m}" for h in heads for m in LOGGED_RECOGNIZER_METRICS]
         new = not path.is_file() or not resumed
         self.file = open(path, "w" if new else "a", newline="")
@@ -244,6 +282,7 @@ class TrainLog:
         row = {"step": step, "seconds": round(seconds, 1), "lr": f"{lr:.2e}", "loss": f"{float(loss.detach()):.4f}",
                "recon": f"{float(terms['recon'].detach()):.5f}", "deid": f"{float(terms['deid'].detach()):.4f}",
                "temporal": f"{float(terms['temporal'].detach()):.4f}", "rppg": f"{self.rppg:.4f}",
+               "distil": f"{float(terms['distil'].detach()):.4f}" if "distil" in terms else "",
                "psnr": f"{psnr_db:.2f}"}
         for name, d in info.items():
             row.update({f"{name}_{m}": f"{d[m]:.3f}" for m in LOGGED_RECOGNIZER_METRICS})
@@ -255,7 +294,7 @@ class TrainLog:
 
 
 def _run_steps(model, opt, heads, protos, sampler, cfg: dict, start: int, out_dir: Path, t0: float,
-               progress: bool) -> int:
+               progress: bool, teacher=None) -> int:
     """Steps ``start`` .. ``cfg['steps']`` (or until ``max_minutes`` after ``t0``); returns
     the last one done."""
     import torch
@@ -272,7 +311,7 @@ def _run_steps(model, opt, heads, protos, sampler, cfg: dict, start: int, out_di
         rng = np.random.default_rng([cfg["seed"], step])  # resumable: batch = f(seed, step)
         for g in opt.param_groups:
             g["lr"] = lr_at(step) * g["lr_scale"]
-        loss, terms, info, psnr_db = step_loss(model, heads, protos, sampler, cfg, step, rng, device)
+        loss, terms, info, psnr_db = step_loss(model, heads, protos, sampler, cfg, step, rng, device, teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["grad_clip"]:
@@ -281,7 +320,9 @@ def _run_steps(model, opt, heads, protos, sampler, cfg: dict, start: int, out_di
         row = log.write(step + 1, time.time() - t0, opt.param_groups[0]["lr"], loss, terms, info, psnr_db)
         if (step + 1) % cfg["log_every"] == 0:
             log.file.flush()
-            bar.set_postfix(loss=row["loss"], psnr=row["psnr"], **{f"{n}_self": row[f"{n}_self_match"] for n in info})
+            extra = {"distil": row["distil"]} if row["distil"] else {}
+            bar.set_postfix(loss=row["loss"], psnr=row["psnr"], **extra,
+                            **{f"{n}_self": row[f"{n}_self_match"] for n in info})
         done_steps = step + 1
         done = step + 1 == steps or (limit_s and time.time() - t0 > limit_s)
         if (step + 1) % cfg["ckpt_every"] == 0 or done:
@@ -330,10 +371,11 @@ def train(cfg: dict, progress: bool = True) -> dict:
     protos = prototypes(heads, sampler, device)
     (out_dir / "split.json").write_text(json.dumps({"train": train_ids, "held_out": test_ids}, indent=2) + "\n")
     model = build_model(cfg, device)
+    teacher = build_teacher(cfg, device)
     opt = build_optimizer(model, cfg)
     t0 = time.time()
     start = restore(model, opt, cfg, out_dir / "ckpt.pt", device)
-    done_steps = _run_steps(model, opt, heads, protos, sampler, cfg, start, out_dir, t0, progress)
+    done_steps = _run_steps(model, opt, heads, protos, sampler, cfg, start, out_dir, t0, progress, teacher)
 
     weights = out_dir / "weights.pt"
     model.eval().cpu()
