@@ -1,6 +1,7 @@
 """Camera rate at 1280x720 on this CPU (issue 16): where the time goes, and end to end.
 
     python benchmarks/speed_720p.py [--seconds 6] [--every 1,3] [--cloak] [--baseline REV]
+                                    [--models-of REV]
                                     [--deface auto|none|PATH] [--out benchmarks/results/speed_720p]
 
 All on one clip made here (the built-in synthetic pulse face at 1280x720, one face,
@@ -25,6 +26,9 @@ network (a random pattern at 8/255: its figures do not matter to the speed).
 * **deface** (CenterFace + blur, the peer a user would pick instead): its CLI on the same
   clip, from a separate virtual environment (it pulls its own OpenCV wheel, which must
   not meet MediaPipe's); ``auto`` looks for ``build/deface-venv/bin/deface``;
+* **models of** (``--models-of REV``): the ``engine_every`` variants again, this code with
+  the model files (``engines/``) of an earlier revision, profile, process and live: what a
+  change of the model alone is worth, at the same settings in the same run;
 * **baseline**: `process` of an earlier revision (``--baseline REV``: a git worktree,
   imported through PYTHONPATH, same virtual environment) on the same clip, with that
   revision's default settings.
@@ -54,16 +58,26 @@ import numpy as np  # noqa: E402
 STAGES = ("decode", "track.mesh", "track.safety_net", "window", "engine", "composite", "rppg", "encode")
 
 
-def config(variant: str | None, profile: Path | None = None):
-    """The pipeline's settings for a variant, ``"every N"`` or ``"cloak"`` (``None``: the
-    revision's defaults, for --baseline, whose revision may have no ``engine_every``)."""
+def config(variant: str | None, profile: Path | None = None, manifests: dict | None = None):
+    """The pipeline's settings for a variant, ``"every N"``, ``"every N, model of REV"``
+    (the manifest in ``manifests[REV]``) or ``"cloak"`` (``None``: the revision's defaults,
+    for --baseline, whose revision may have no ``engine_every``)."""
     from livedeid.core.settings import PipelineConfig
 
     if variant is None:
         return PipelineConfig(engine="onnxruntime")
     if variant == "cloak":
         return PipelineConfig(engine="onnxruntime", profile=profile)
-    return PipelineConfig(engine="onnxruntime", engine_every=int(variant.split()[-1]))
+    every, _, rev = variant.partition(", model of ")
+    manifest = manifests[rev] if rev else None
+    return PipelineConfig(engine="onnxruntime", engine_every=int(every.split()[-1]), manifest=manifest)
+
+
+def models_of(rev: str, into: Path) -> Path:
+    """The manifest of revision ``rev``'s model files, extracted into ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "engines"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "engines" / "deid.json"
 
 
 def reuse_share(proc) -> float | None:
@@ -215,11 +229,16 @@ NAMES = {"every 1": "network every frame", "cloak": "cloak profile (enrolled use
          **{f"every {n}": f"network 1 in {n} at most" for n in (2, 3, 4)}}
 
 
+def name(variant: str) -> str:
+    base, _, rev = variant.partition(", model of ")
+    return NAMES.get(base, base) + (f", model of {rev}" if rev else "")
+
+
 def markdown(res: dict, command: str) -> str:
     lines = [f"# 1280x720, one face, safety net on ({res['date']})", "", f"`{command}`", "",
              f"Machine: {res['machine']}; clip: {res['seconds']} s synthetic face at 30 fps; "
              f"engine: ONNX Runtime (CPU).", "", "## Where the time goes (ms per frame, p50 / p95)", "",
-             "| stage | " + " | ".join(f"{NAMES.get(v, v)}" for v in res["profile"]) + " |",
+             "| stage | " + " | ".join(name(v) for v in res["profile"]) + " |",
              "|---|" + "---:|" * len(res["profile"])]
     for s in STAGES:
         lines.append(f"| {s} | " + " | ".join(f"{p[s]['p50']:.1f} / {p[s]['p95']:.1f}"
@@ -233,7 +252,7 @@ def markdown(res: dict, command: str) -> str:
               "|---|---:|---:|---:|---:|"]
     for v, r in res["end_to_end"].items():
         p, lv = r["process"], r["live"]
-        lines.append(f"| livedeid, {NAMES.get(v, v)} | {p['fps']} | {lv['fps']} | "
+        lines.append(f"| livedeid, {name(v)} | {p['fps']} | {lv['fps']} | "
                      f"{lv['latency_p50_ms']} / {lv['latency_p95_ms']} | {p['hidden_face_frames']} |")
     rf = res.get("refining")
     if rf:
@@ -260,6 +279,8 @@ def main() -> int:
     ap.add_argument("--cloak", action="store_true", help="also the enrolled user's configuration (a cloak profile)")
     ap.add_argument("--live-seconds", type=float, default=10.0)
     ap.add_argument("--baseline", default=None, metavar="REV")
+    ap.add_argument("--models-of", default=None, metavar="REV",
+                    help="also the engine_every variants with the model files of REV (same code)")
     ap.add_argument("--deface", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed_720p")
     ap.add_argument("--process-only", type=Path, default=None, help=argparse.SUPPRESS)
@@ -269,14 +290,17 @@ def main() -> int:
         return 0
     from bench_process import make_clip
 
-    variants = [f"every {int(e)}" for e in args.every.split(",") if e] + (["cloak"] if args.cloak else [])
+    every = [f"every {int(e)}" for e in args.every.split(",") if e]
+    variants = every + [f"{v}, model of {args.models_of}" for v in every if args.models_of] + (["cloak"] if args.cloak else [])
     res = {"date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "profile": {}, "end_to_end": {}}
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip720.mp4"
         make_clip(clip, args.seconds, (1280, 720))
         frames = round(args.seconds * 30)
-        cloak = None
+        cloak, manifests = None, {}
+        if args.models_of:
+            manifests[args.models_of] = models_of(args.models_of, Path(tmp))
         if args.cloak:
             from livedeid.io.profile import Profile, save_profile
 
@@ -285,9 +309,9 @@ def main() -> int:
                                          recognizers={"dlib": {}, "sface": {}}), Path(tmp) / "bench.npz")
         for v in variants:
             print(f"{v}: profile, process, live ...", flush=True)
-            res["profile"][v] = profile(clip, config(v, cloak), frames)
-            res["end_to_end"][v] = {"process": run_process(clip, config(v, cloak)),
-                                    "live": run_live(clip, config(v, cloak), args.live_seconds)}
+            res["profile"][v] = profile(clip, config(v, cloak, manifests), frames)
+            res["end_to_end"][v] = {"process": run_process(clip, config(v, cloak, manifests)),
+                                    "live": run_live(clip, config(v, cloak, manifests), args.live_seconds)}
         if cloak is not None:  # refinement is a live run's: no profile or process row of its own
             print("cloak, refining: live ...", flush=True)
             res["refining"] = run_live(clip, config("cloak", cloak), args.live_seconds, refine=True)
