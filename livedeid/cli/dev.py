@@ -132,7 +132,9 @@ def add_train_parser(sub) -> None:
                         description="Trains the autoencoder (reconstruct + de-identify against dlib/SFace + "
                                     "keep the rPPG pulse) on clips made from identity-split face photos, "
                                     "with resumable checkpoints and a CSV log; evaluates on held-out people "
-                                    "and, with --export, writes engines/deid.* when it de-identifies.")
+                                    "and, with --export, writes engines/deid.* when it de-identifies. With "
+                                    "teacher=WEIGHTS and loss.distil it also learns that model's residual "
+                                    "(distillation; configs/train_distil_cpu.json).")
     tr.add_argument("--config", type=Path, default=None, help="JSON settings (e.g. configs/train_default.json)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting (dotted keys, JSON values), repeatable")
