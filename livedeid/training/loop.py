@@ -2,8 +2,9 @@
 people, and (when it de-identifies better than the untrained model) export it.
 
 One readable loop, top to bottom: config -> data -> recognisers -> model (and, when
-distilling, its frozen teacher) -> steps -> checkpoint -> evaluation -> export. Settings: :mod:`livedeid.training.config`; the
-held-out evaluation and the export rule: :mod:`livedeid.training.heldout`.
+distilling, its frozen teacher) -> steps -> checkpoint -> evaluation -> export.
+Settings: :mod:`livedeid.training.config`; the held-out evaluation and the export rule:
+:mod:`livedeid.training.heldout`.
 
 Outputs in ``out_dir``: ``config.json`` (what ran), ``split.json`` (train / held-out
 identities), ``log.csv`` (one row per step), ``ckpt.pt`` (resumable: weights + optimiser
