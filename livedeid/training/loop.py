@@ -26,6 +26,9 @@ from livedeid.core.errors import UserError
 from livedeid.training.config import resolve_path
 
 LOGGED_RECOGNIZER_METRICS = ("self_score", "self_match", "top1")
+# What torch.load(weights_only=True) and load_state_dict raise for a weights file that is
+# unreadable, truncated, a pickle payload or of other shapes: one-line user errors.
+WEIGHTS_LOAD_ERRORS = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)
 
 
 # --------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ def build_teacher(cfg: dict, device):
     mc = cfg["model"]
     try:
         teacher = load_weights(resolve_path(cfg["teacher"]), int(mc["window"]), float(mc["max_perturbation"]))
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:   # unreadable, a pickle payload, other shapes
+    except WEIGHTS_LOAD_ERRORS as exc:
         raise UserError(f"cannot load teacher {cfg['teacher']}: {str(exc).splitlines()[0]}") from None
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -173,7 +176,7 @@ def _init_weights(model, cfg: dict, device) -> None:
     try:
         missing, unexpected = model.load_state_dict(
             torch.load(resolve_path(cfg["init_weights"]), map_location=device, weights_only=True), strict=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:   # unreadable, a pickle payload, other shapes
+    except WEIGHTS_LOAD_ERRORS as exc:
         raise UserError(f"cannot start from init_weights {cfg['init_weights']}: "
                         f"{str(exc).splitlines()[0]}") from None
     dropped = [] if model.identity_branch else [k for k in unexpected if k.startswith(branch)]
