@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(entry):
         match = {k: v["plain"]["centre"] for k, v in entry["held_out_match"].items()}
-        curve.append({"seconds": round(gathered_s + entry["seconds"], 1), "step": entry["step"], "match": match})
-        print(f"  {curve[-1]['seconds']:6.1f} s  step {entry['step']}: held-out match {match}", flush=True)
+        curve.append({"seconds": round(gathered_s + entry["seconds"], 1), "step": entry["step"], "match": match,
+                      "accepted": entry.get("accepted")})
+        print(f"  {curve[-1]['seconds']:6.1f} s  step {entry['step']}: held-out match {match}"
+              f"{'' if entry.get('accepted') is None else ', verified' if entry['accepted'] else ', not verified'}",
+              flush=True)
 
     names = ("dlib", "sface")
     profile = build_profile("speaker", enrolment, names, budget=DEFAULT_BUDGET, steps=args.steps, progress=progress)
@@ -81,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.video.name}: {enrolment.coverage()}.", "",
              f"Gathering {gathered_s:.0f} s; enrolment in all (gather, optimise, verify) {total_s:.0f} s; "
              f"verdict: {'PROTECTS' if profile.protects else 'NOT PROTECTING'}.", "",
-             "| seconds | step | " + " | ".join(f"{n} held-out match" for n in names) + " |",
-             "|---|---|" + "---|" * len(names)]
+             "| seconds | step | " + " | ".join(f"{n} held-out match" for n in names) + " | recognisers' verdict |",
+             "|---|---|" + "---|" * len(names) + "---|"]
+    verdicts = {None: "", True: "protects", False: "not yet"}
     for c in curve:
         lines.append(f"| {c['seconds']:.0f} | {c['step']} | " + " | ".join(_pct(c['match'].get(n)) for n in names)
-                     + " |")
+                     + f" | {verdicts[c['accepted']]} |")
+    lines += ["", "Held-out match: the surrogates' check on the held-out crops (plain view, against the centre). "
+              "The recognisers' verdict: the real dlib and SFace on the held-out frames through the run-time path, "
+              "asked whenever the surrogates match none; the first 'protects' ends the enrolment."]
     lines += ["", f"Later frames (every {args.every}th after {args.enrol_seconds:.0f} s, {later['cloaked']} cloaked of "
               f"{wanted}) against the enrolment frames (same session):", "",
               "| recogniser | detected | gallery match clean -> cloaked | same-frame match |", "|---|---|---|---|"]

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from livedeid.cloak.eot import EotSettings, cloaked_view  # noqa: E402
 from livedeid.cloak.optimise import CloakSettings, Pattern, SignPattern, optimise_cloak, weight_map  # noqa: E402
-from livedeid.cloak.verify import cloak_image, verify_cloak  # noqa: E402
+from livedeid.cloak.verify import CloakVerifier, cloak_image, verify_cloak  # noqa: E402
 from livedeid.core.errors import UserError  # noqa: E402
 from livedeid.core.face_regions import FOREHEAD, LEFT_EYE, RIGHT_EYE, fill_polygons, polygon_points  # noqa: E402
 from livedeid.core.geometry import apply_affine  # noqa: E402
@@ -153,6 +153,48 @@ def test_optimise_cloak_is_seeded_bounded_and_lowers_the_match(astronaut_crop):
             assert float(cloaked) < float(zero) - 0.02, name
 
 
+def test_the_real_verification_decides_when_an_enrolment_stops(astronaut_crop):
+    # dlib alone at 16/255 clears the held-out crop within a few steps; the callback stands
+    # for the real recognisers' verdict and accepts the second pattern it is asked about.
+    crop, lm = astronaut_crop
+    crops = np.stack([crop, np.clip(crop * 0.9 + 0.05, 0, 1).astype(np.float32)])
+    held = np.clip(crop[None] * 1.05, 0, 1).astype(np.float32)
+    asked = []
+
+    def accept(pattern):
+        asked.append(pattern.copy())
+        return len(asked) == 2
+
+    s = CloakSettings(steps=30, batch=2, check_every=2, seed=1, recognizers=("dlib",), rms=16 / 255, budget=16 / 255)
+    result = optimise_cloak(crops, s, landmarks=[lm, lm], held_out=held, accept=accept)
+    history = result.history
+    assert len(asked) == 2 and result.stopped_early and history[-1]["step"] < 30
+    assert np.array_equal(result.pattern, asked[1])          # the accepted pattern, not the "best" check
+    # Asked only where the surrogate matches no held-out crop to the centre; its answer is recorded.
+    for entry in history:
+        cleared = entry["held_out_match"]["dlib"]["plain"]["centre"] == 0.0
+        assert ("accepted" in entry) == cleared
+    assert [e["accepted"] for e in history if "accepted" in e] == [False, True]
+    assert history[-1].get("last") is True and not any(e.get("last") for e in history[:-1])
+
+
+def test_an_optimisation_past_its_time_limit_ends_at_the_next_check(astronaut_crop):
+    crop, lm = astronaut_crop
+    s = CloakSettings(steps=6, batch=1, check_every=2, recognizers=("dlib",), max_seconds=0.0)
+    result = optimise_cloak(crop[None], s, landmarks=[lm])
+    assert [e["step"] for e in result.history] == [2] and result.history[-1]["last"] is True
+    assert not result.stopped_early and 0 < np.abs(result.pattern).max() <= s.budget
+
+
+def test_an_enrolment_runs_to_verification_unless_told_its_steps():
+    from livedeid.cloak.build import ENROL_SECONDS, ENROL_STEPS, default_settings
+
+    s = default_settings(("dlib", "sface"), budget=BUDGET)
+    assert (s.steps, s.max_seconds, s.budget) == (ENROL_STEPS, ENROL_SECONDS, BUDGET)
+    s = default_settings(("dlib",), budget=BUDGET, steps=40)
+    assert (s.steps, s.max_seconds, s.recognizers) == (40, None, ("dlib",))
+
+
 @pytest.mark.slow
 def test_verify_zero_pattern_reports_the_clean_match(astronaut_bgr):
     h, w = astronaut_bgr.shape[:2]
@@ -169,6 +211,11 @@ def test_verify_zero_pattern_reports_the_clean_match(astronaut_bgr):
     assert report["protects"] is False and report["target"] == 0.05
     with pytest.raises(UserError):
         verify_cloak(np.zeros((3, 128, 128), np.float32), [], gallery)
+    # One verifier for many patterns gives each the figures verify_cloak gives it alone.
+    verifier = CloakVerifier([astronaut_bgr], gallery)
+    strong = np.random.default_rng(0).uniform(-BUDGET, BUDGET, (3, 128, 128)).astype(np.float32)
+    assert verifier(np.zeros((3, 128, 128), np.float32)) == report
+    assert verifier(strong) == verify_cloak(strong, [astronaut_bgr], gallery)
 
 
 def test_leave_one_out_leaves_each_recogniser_out_once():

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from livedeid.cloak.build import ENROL_SECONDS, ENROL_STEPS
 from livedeid.core.errors import UserError
 from livedeid.io.profile import DEFAULT_BUDGET, MAX_BUDGET
+
+UNTIL_VERIFIED = f"until verified on the held-out faces, at most {ENROL_STEPS} steps and {ENROL_SECONDS:.0f} s"
 
 
 def add_enrol_parser(sub) -> None:
@@ -31,7 +34,7 @@ def add_enrol_parser(sub) -> None:
                    help="how much of a video or camera to take in (default: 25 s from a camera, 60 s of a file)")
     e.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="profile file to write (default: NAME.npz in the user's profile folder)")
-    e.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the optimiser's, 200)")
+    e.add_argument("--steps", type=int, default=None, help=f"optimisation steps, run in full (default: {UNTIL_VERIFIED})")
     e.add_argument("--budget", type=float, default=DEFAULT_BUDGET * 255, metavar="LEVELS",
                    help=f"strongest change per pixel, in 1/255 levels (default {DEFAULT_BUDGET * 255:.0f}, "
                         f"at most {MAX_BUDGET * 255:.0f})")
@@ -101,7 +104,7 @@ def make_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float,
                                 keep_enrolment=keep_enrolment, progress=progress)
     run = profile.settings
     print(f"optimised {run['steps_run']} steps in {run['seconds']:.0f} s"
-          f"{' (stopped early: held-out crops protected with margin)' if run['stopped_early'] else ''}",
+          f"{' (stopped early: the recognisers verified it on the held-out faces)' if run['stopped_early'] else ''}",
           file=sys.stderr)
     return profile
 
@@ -161,7 +164,7 @@ def add_demo_enrol_options(d) -> None:
                         "recognisers' match on the later output frames before and after")
     d.add_argument("--enrol-seconds", type=float, default=5.0, help="seconds of the clip to enrol on (default 5)")
     d.add_argument("--enrol-steps", type=int, default=None,
-                   help="optimisation steps of the demo's enrolment (default: the optimiser's)")
+                   help=f"optimisation steps of the demo's enrolment, run in full (default: {UNTIL_VERIFIED})")
 
 
 def demo_enrol(args, make_source, profile_path: Path):

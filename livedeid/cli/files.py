@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from livedeid.cli.enrol import UNTIL_VERIFIED
 from livedeid.cli.options import add_pipeline_options, pipeline_config, start_processor
 from livedeid.cli.output import check_output_path, print_stats, run_with_progress, write_json
 from livedeid.core.errors import UserError
@@ -44,7 +45,7 @@ def add_file_output_options(p) -> None:
                         "pass 2 renders with each face wearing its track's cloak (needs the enrol extra; "
                         "minutes per person on a CPU)")
     p.add_argument("--cloak-steps", type=int, default=None,
-                   help="with --two-pass: optimisation steps per track (default: the optimiser's)")
+                   help=f"with --two-pass: optimisation steps per track, run in full (default: {UNTIL_VERIFIED})")
 
 
 def cmd_process(args) -> int:

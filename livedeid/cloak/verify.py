@@ -131,20 +131,47 @@ def verify_cloak(pattern: np.ndarray, probes: list[np.ndarray], gallery: list[np
     optimisation never saw) against ``gallery`` (other clean BGR images of the person)
     with the real ``recognizers`` (names or :class:`Recognizer` objects; default dlib and
     SFace), the cloak laid under the face oval grown by ``grow``; ``others`` (recogniser
-    name -> centres of the other identities' galleries) adds closed-set top-1. Returns ``{"recognizers": {name: {...}}, "psnr_db", "ssim", "cloaked",
-    "probes", "protects", "target"}`` (figures defined in the module docstring)."""
-    if not probes or not gallery:
-        raise UserError("verifying a cloak needs at least one probe and one gallery image")
-    pattern = np.asarray(pattern, np.float32)
-    check_pattern(pattern, pattern.shape[-1], float(np.abs(pattern).max(initial=0.0)))
-    pairs = []
-    for img in probes:
-        out, region = cloak_image(img, pattern, grow=grow)
+    name -> centres of the other identities' galleries) adds closed-set top-1. Returns
+    ``{"recognizers": {name: {...}}, "psnr_db", "ssim", "cloaked", "probes", "protects",
+    "target"}`` (figures defined in the module docstring). To verify several patterns on
+    the same images, build one :class:`CloakVerifier`."""
+    return CloakVerifier(probes, gallery, recognizers, grow=grow, others=others)(pattern)
+
+
+class CloakVerifier:
+    """:func:`verify_cloak` for many patterns on the same probes and gallery: the probes'
+    landmarks and clean embeddings and the gallery's embeddings are computed once (on the
+    speech video's 8 held-out and 16 gallery frames a verification took 12 s, most of it
+    in work that does not depend on the pattern), so an enrolment can ask the real
+    recognisers at every promising check."""
+
+    def __init__(self, probes: list[np.ndarray], gallery: list[np.ndarray], recognizers=None, grow: float = 0.0,
+                 others: dict | None = None):
+        if not probes or not gallery:
+            raise UserError("verifying a cloak needs at least one probe and one gallery image")
+        self.recs = _recognizers(recognizers)
+        self.grow, self.others, self.probes = float(grow), others, list(probes)
         # A face the mesh misses would be hidden (fail-closed) at run time, not cloaked; the
-        # verification cannot vouch for it, so it counts against "protects" (pairs < probes).
-        if out is not None and region is not None:
-            pairs.append((img, out, region))
-    return judge_outputs(pairs, gallery, recognizers, probes=len(probes), others=others)
+        # verification cannot vouch for it, so it counts against "protects" (found < probes).
+        self.found = []  # (clean image, landmarks, region)
+        for img in self.probes:
+            lm = still_landmarks(img)
+            region = face_region(lm, img.shape[:2], self.grow) if lm is not None else None
+            if region is not None:
+                self.found.append((img, lm, region))
+        self.gallery_emb = {r.name: _gallery_embeddings(r, gallery) for r in self.recs}
+        self.clean = {r.name: [embed_region_face(r, img, region) for img, _, region in self.found] for r in self.recs}
+
+    def __call__(self, pattern: np.ndarray) -> dict:
+        pattern = np.asarray(pattern, np.float32)
+        check_pattern(pattern, pattern.shape[-1], float(np.abs(pattern).max(initial=0.0)))
+        pairs = [(img, cloak_image(img, pattern, landmarks=lm, grow=self.grow)[0], region)
+                 for img, lm, region in self.found]
+        return _figures(self.recs, pairs, self.gallery_emb, self.clean, len(self.probes), self.others)
+
+
+def _recognizers(recognizers) -> list:
+    return [get_recognizer(r) if isinstance(r, str) else r for r in (recognizers or ("dlib", "sface"))]
 
 
 def judge_outputs(pairs: list, gallery: list[np.ndarray], recognizers=None, probes: int | None = None,
@@ -156,8 +183,15 @@ def judge_outputs(pairs: list, gallery: list[np.ndarray], recognizers=None, prob
     many there should have been."""
     if not gallery:
         raise UserError("judging protected images needs at least one clean gallery image")
-    recs = [get_recognizer(r) if isinstance(r, str) else r for r in (recognizers or ("dlib", "sface"))]
-    clean = {r.name: [] for r in recs}
+    recs = _recognizers(recognizers)
+    clean = {r.name: [embed_region_face(r, img, region) for img, _, region in pairs] for r in recs}
+    gallery_emb = {r.name: _gallery_embeddings(r, gallery) for r in recs}
+    return _figures(recs, pairs, gallery_emb, clean, len(pairs) if probes is None else probes, others)
+
+
+def _figures(recs, pairs: list, gallery_emb: dict, clean: dict, probes: int, others: dict | None) -> dict:
+    """The figures of :func:`verify_cloak` from (clean, protected, region) ``pairs`` and
+    the clean sides' embeddings per recogniser (``clean[name][i]`` belongs to ``pairs[i]``)."""
     cloaked = {r.name: [] for r in recs}
     mses, ssims = [], []
     for img, out, region in pairs:
@@ -167,11 +201,9 @@ def judge_outputs(pairs: list, gallery: list[np.ndarray], recognizers=None, prob
         mses.append(mse)
         ssims.append(region_ssim(a, b, region.mask) if mse > 0 else 1.0)
         for r in recs:
-            clean[r.name].append(embed_region_face(r, img, region))
             cloaked[r.name].append(embed_region_face(r, out, region))
-    per_rec = {r.name: _judge(r, _gallery_embeddings(r, gallery), clean[r.name], cloaked[r.name],
-                              (others or {}).get(r.name)) for r in recs}
-    probes = len(pairs) if probes is None else probes
+    per_rec = {r.name: _judge(r, gallery_emb[r.name], clean[r.name], cloaked[r.name], (others or {}).get(r.name))
+               for r in recs}
     protects = bool(pairs) and len(pairs) == probes and all(
         v["detection"] > 0 and v["gallery_match"] <= TARGET for v in per_rec.values())
     return {

@@ -328,7 +328,7 @@ class EnrolTab(QWidget):
         self.profile, self.saved_path = profile, None
         self.result.show_profile(profile)
         run = profile.settings
-        early = " (stopped early: held-out faces protected)" if run.get("stopped_early") else ""
+        early = " (stopped early: verified on the held-out faces)" if run.get("stopped_early") else ""
         self.optimise_bar.setFormat(f"{run.get('steps_run')} steps, done{early}")
         self.say(f"Done: {run.get('steps_run')} steps in {run.get('seconds', 0):.0f} s. Save the profile "
                  "or use it in the patient tab.")

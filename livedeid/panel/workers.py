@@ -429,7 +429,7 @@ class EnrolWorker(ThreadWorker):
 
     def _on_check(self, entry: dict) -> None:
         self._check_stop()
-        if int(entry.get("step", 0)) >= self.total_steps:
+        if entry.get("last") or int(entry.get("step", 0)) >= self.total_steps:
             self.phase = "verifying"  # build_profile verifies right after the last check
         self.checks.put(entry)
 
