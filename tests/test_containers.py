@@ -43,6 +43,23 @@ def test_written_files_decode_with_steady_timestamps(tmp_path, ext, codec):
     assert_steady(timestamps(path), len(frames), 30.0)
 
 
+def test_h264_output_keeps_the_colours(tmp_path):
+    # The writer converts to YUV itself (OpenCV, BT.601 limited range); decoded the way
+    # every reader here decodes (PyAV to BGR), flat colours come back within a few levels.
+    colours = [(255, 255, 255), (0, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 0), (40, 90, 200), (128, 128, 128)]
+    frames = [np.full((64, 96, 3), c, np.uint8) for c in colours]
+    path = tmp_path / "flat.mp4"
+    sink = FileSink(path, 96, 64, 30, codec="h264")
+    for im in frames:
+        sink.send(im)
+    sink.close()
+    with av.open(str(path)) as c:
+        decoded = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    assert len(decoded) == len(frames)
+    for want, got in zip(frames, decoded):
+        assert np.abs(got.astype(int) - want).max() <= 4, (want[0, 0], got[32, 48])
+
+
 def test_ffv1_in_mov_is_refused_in_one_line(tmp_path):
     rc, _, err = run_cli("process", tmp_path / "missing.mp4", tmp_path / "out.mov", "--codec", "ffv1")
     assert rc != 0 and len(err.strip().splitlines()) == 1
