@@ -23,6 +23,8 @@ from livedeid.tracking.still import still_landmarks
     (["../bob", "--from", "."], "profile name"),
     (["bob", "--from", ".", "--budget", "40"], "--budget"),
     (["bob", "--from", ".", "--steps", "0"], "--steps"),
+    (["bob", "--from", ".", "--strength", "0"], "--strength"),
+    (["bob", "--from", ".", "--budget", "10", "--strength", "12"], "at most --budget"),
     (["bob", "--from", ".", "--recognizers", "eigenfaces"], "unknown recogniser"),
 ])
 def test_bad_enrol_input_is_one_line(args, message):
@@ -84,7 +86,8 @@ def test_enrol_on_photos_writes_a_verified_profile_that_loads(tmp_path, monkeypa
     for p in photos:  # links, not copies: the data stays where it is
         (folder / p.name).symlink_to(p)
     monkeypatch.setenv("LIVEDEID_PROFILE_DIR", str(tmp_path / "profiles"))
-    rc, out, err = run_cli("enrol", "ada", "--from", folder, "--steps", "5", "--seed", "1", timeout=900)
+    rc, out, err = run_cli("enrol", "ada", "--from", folder, "--steps", "5", "--seed", "1", "--strength", "10",
+                           timeout=900)
     assert rc == 0, err
     assert "3 to optimise on, 3 held out" in err
     assert "held-out check: 3 ada images" in out
@@ -102,6 +105,7 @@ def test_enrol_on_photos_writes_a_verified_profile_that_loads(tmp_path, monkeypa
     assert v["held_out_images"] == 3 and v["gallery_images"] == 3 and v["psnr_db"] > 25
     assert profile.protects == bool(v["protects"]) and (profile.warning() is None) == profile.protects
     assert profile.settings["steps"] == 5 and profile.settings["seed"] == 1
+    assert profile.settings["rms"] == pytest.approx(10 / 255), "the chosen strength is what was optimised"
     assert all(len(h) == 64 for rec in profile.recognizers.values() for h in rec["files"].values())
     assert profile.enrolment == {}, "no face image without --keep-enrolment"
     assert load_profile(tmp_path / "profiles" / "ada.npz").sha256 == profile.sha256

@@ -42,21 +42,25 @@ ENROL_STEPS = 600
 ENROL_SECONDS = 130.0
 
 
-def default_settings(names: tuple[str, ...], *, budget: float, steps: int | None = None, seed: int = 0):
+def default_settings(names: tuple[str, ...], *, budget: float, steps: int | None = None, seed: int = 0,
+                     rms: float | None = None):
     """The optimiser's settings for an enrolment (its defaults, with these changes): a
     given ``steps`` runs exactly that many (no time limit), else up to ``ENROL_STEPS``
-    within ``ENROL_SECONDS``."""
+    within ``ENROL_SECONDS``; ``rms`` is the cloak's energy (default ``DEFAULT_RMS``)."""
     from livedeid.cloak.optimise import CloakSettings  # torch
 
     settings = CloakSettings(budget=budget, seed=seed, recognizers=tuple(names), steps=ENROL_STEPS,
                              max_seconds=ENROL_SECONDS)
+    if rms is not None:
+        settings.rms = rms
     if steps is not None:
         settings.steps, settings.max_seconds = steps, None
     return settings
 
 
 def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float, steps: int | None = None,
-                  seed: int = 0, keep_enrolment: bool = False, progress: Callable[[dict], None] | None = None):
+                  seed: int = 0, keep_enrolment: bool = False, progress: Callable[[dict], None] | None = None,
+                  rms: float | None = None):
     """Optimise and verify a cloak on ``enrolment`` (:class:`livedeid.cloak.enrolment.Enrolment`):
     the :class:`~livedeid.io.profile.Profile`, not yet saved. ``progress`` gets each
     optimisation check (step, seconds, held-out match per recogniser)."""
@@ -66,7 +70,7 @@ def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float
     from livedeid.recognizers.base import get_recognizer
 
     identities = {n: recognizer_identity(get_recognizer(n)) for n in names}
-    settings = default_settings(names, budget=budget, steps=steps, seed=seed)
+    settings = default_settings(names, budget=budget, steps=steps, seed=seed, rms=rms)
     probes = [i.image for i in enrolment.held_out]
     gallery = [i.image for i in enrolment.optimise]
     verifier = CloakVerifier(probes, gallery, recognizers=list(names), grow=settings.grow)

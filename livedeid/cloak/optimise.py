@@ -67,7 +67,7 @@ from livedeid.core.face_regions import (
     fill_polygons,
     polygon_points,
 )
-from livedeid.io.profile import DEFAULT_BUDGET
+from livedeid.io.profile import DEFAULT_BUDGET, DEFAULT_RMS
 from livedeid.protect.composite import oval_mask
 from livedeid.recognizers.base import get_recognizer
 from livedeid.recognizers.heads import RecognizerHead, hinge_term
@@ -102,7 +102,7 @@ class CloakSettings:
     method: str = "l2"               # "l2": momentum steps along the gradient within the energy limit rms and
                                      # the budget; "mifgsm": momentum sign steps, projected onto the budget
                                      # (12/255 in earlier profiles); "adam": Adam on the tanh parameterisation
-    rms: float = 8 / 255             # "l2" only: the pattern's root mean square over the region (where the
+    rms: float = DEFAULT_RMS         # "l2" only: the pattern's root mean square over the region (where the
                                      # weight map exceeds a half): about 32.5 dB face PSNR on the probe
     momentum: float = 0.9            # MI-FGSM's decay of the normalised gradient
     step: float = 0.125              # first sign step, as a share of the budget (decays linearly to a tenth)
