@@ -99,12 +99,14 @@ def test_the_clip_enrols_and_shows_the_verification(window, qtbot, artifacts):
     tab = window.enrol_tab
     tab.live_clip, tab.seconds, tab.steps = False, RECORD_SECONDS, STEPS
     tab.name_edit.setText("clip")
+    tab.strength_combo.setCurrentIndex(1)  # the stronger cloak: what the patient picks is what is optimised
     tab.start_button.click()
     assert tab.worker is not None
     _wait_done(qtbot, tab, 240000)
     assert tab.status.property("error") is not True, tab.status.text()
     profile = tab.profile
     assert profile is not None and profile.name == "clip" and profile.settings["steps"] == STEPS
+    assert profile.settings["rms"] == pytest.approx(11 / 255)
 
     # The recording and optimisation ran to their ends.
     assert tab.record_bar.value() > 0 and "faces from" in tab.coverage.text()

@@ -103,6 +103,8 @@ def make_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float,
     total = default_settings(names, budget=budget, steps=steps, seed=seed).steps
     with tqdm(total=total, desc="cloak", unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True) as bar:
         def progress(entry: dict) -> None:
+            if entry.get("last"):  # verified or out of time before the step limit: the bar ends full
+                bar.total = int(entry["step"])
             bar.update(max(0, int(entry["step"]) - bar.n))
             match = {k: f"{v['plain']['centre']:.0%}" for k, v in entry.get("held_out_match", {}).items()}
             bar.set_postfix_str(f"held-out match {match}", refresh=False)

@@ -27,7 +27,7 @@ from livedeid.cloak.refine import refiner_for
 from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
 from livedeid.core.settings import PipelineConfig
-from livedeid.io.profile import DEFAULT_BUDGET
+from livedeid.io.profile import DEFAULT_BUDGET, DEFAULT_RMS
 from livedeid.io.sources import Source, open_source
 from livedeid.panel.common import LatestValue, Snapshot, UnprotectedImage, face_views
 from livedeid.panel.sink_hub import SinkHub
@@ -398,6 +398,7 @@ class EnrolRequest:
     live: bool = False               # play a file / the clip at camera pace, guided (a rehearsal)
     recognizers: tuple[str, ...] = ("dlib", "sface")
     budget: float = DEFAULT_BUDGET
+    rms: float = DEFAULT_RMS         # the cloak's energy (`enrol --strength`)
 
 
 class EnrolWorker(ThreadWorker):
@@ -461,7 +462,7 @@ class EnrolWorker(ThreadWorker):
             enrolment = self._gather()
             self._check_stop()
             self.coverage, self.phase = enrolment.coverage(), "optimising"
-            profile = build_profile(r.name, enrolment, r.recognizers, budget=r.budget, steps=r.steps,
+            profile = build_profile(r.name, enrolment, r.recognizers, budget=r.budget, steps=r.steps, rms=r.rms,
                                     progress=self._on_check)
             self._check_stop()  # cancelled while verifying: the user no longer wants it
         except _Cancelled:
