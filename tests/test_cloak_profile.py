@@ -4,6 +4,7 @@ command line), and on the real pipeline the largest face wears the pattern while
 pixel outside its face oval stays bit-identical."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from conftest import assert_one_line_error, run_cli
 from livedeid.core.errors import UserError
 from livedeid.core.records import Frame
 from livedeid.core.settings import PipelineConfig
-from livedeid.io.profile import MAX_BUDGET, Profile, digest, load_profile, resolve_profile, save_profile
+from livedeid.io.profile import DEFAULT_RMS, MAX_BUDGET, Profile, digest, load_profile, resolve_profile, save_profile
 from livedeid.pipeline.factory import build_processor
 from livedeid.protect.composite import oval_mask
 
@@ -68,6 +69,15 @@ def test_a_profile_round_trips_and_writes_no_face_unless_asked(tmp_path):
     crops = (np.arange(2 * 3 * 128 * 128) % 256).astype(np.uint8).reshape(2, 3, 128, 128)
     kept = load_profile(save_profile(_profile(enrolment={"crops": crops}), tmp_path / "kept.npz"))
     assert np.array_equal(kept.enrolment["crops"], crops)
+
+
+def test_a_profile_keeps_the_energy_its_cloak_was_made_under(tmp_path):
+    # What background refinement optimises under: a cloak enrolled stronger stays as strong.
+    strong = dataclasses.replace(_profile(budget=16 / 255), settings={"rms": 11 / 255, "steps": 5})
+    assert load_profile(save_profile(strong, tmp_path / "strong.npz")).energy == pytest.approx(11 / 255)
+    for settings in ({}, {"rms": None}, {"rms": True}, {"rms": -1.0}, {"rms": float("nan")}):
+        assert dataclasses.replace(strong, settings=settings).energy == pytest.approx(DEFAULT_RMS), settings
+    assert dataclasses.replace(strong, budget=6 / 255).energy == pytest.approx(6 / 255), "never past the budget"
 
 
 def test_a_profile_that_missed_its_target_says_so_with_the_numbers(tmp_path):

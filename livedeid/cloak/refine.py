@@ -51,7 +51,7 @@ def _worker(*args) -> None:
         args[-2].put(("error", f"cloak refinement stopped: {type(exc).__name__}: {exc}"))
 
 
-def _refine_loop(pattern: np.ndarray, budget: float, grow: float, recognizers: tuple[str, ...],
+def _refine_loop(pattern: np.ndarray, budget: float, rms: float, grow: float, recognizers: tuple[str, ...],
                  settings: RefineSettings, crops_in, results_out, stop) -> None:
     """The refinement loop (module docstring)."""
     if hasattr(os, "nice"):
@@ -64,7 +64,8 @@ def _refine_loop(pattern: np.ndarray, budget: float, grow: float, recognizers: t
 
     torch.set_num_threads(1)
     # The profile's own region: the composite lays the cloak under it, so the refinement must too.
-    cloak = CloakSettings(budget=budget, grow=grow, recognizers=recognizers, steps=settings.steps, threads=1,
+    # ... and its energy: a cloak enrolled stronger (`enrol --strength`) must not be refined down.
+    cloak = CloakSettings(budget=budget, rms=rms, grow=grow, recognizers=recognizers, steps=settings.steps, threads=1,
                           check_every=settings.steps, mirror=False, stop_margin=settings.trigger_margin)
     heads = [RecognizerHead.from_recognizer(get_recognizer(n), crop_size=pattern.shape[-1]) for n in recognizers]
     recent: list[np.ndarray] = []
@@ -141,7 +142,8 @@ class CloakRefiner:
         self._in, self._out, self._stop = ctx.Queue(maxsize=4), ctx.Queue(), ctx.Event()
         self._last_sample = -1e9
         self._proc = ctx.Process(target=_worker, name="livedeid-cloak-refiner", daemon=True,
-                                 args=(profile.pattern, profile.budget, profile.region_grow, names, self.settings,
+                                 args=(profile.pattern, profile.budget, profile.energy, profile.region_grow,
+                                       names, self.settings,
                                        self._in, self._out, self._stop))
         self._proc.start()
 

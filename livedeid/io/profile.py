@@ -72,6 +72,15 @@ class Profile:
     sha256: str = ""                         # set by save/load
 
     @property
+    def energy(self) -> float:
+        """The energy limit the cloak was optimised under (root mean square over its region,
+        `enrol --strength`): what refining it must keep. Profiles that record none, or
+        nothing usable, used the default."""
+        rms = self.settings.get("rms")
+        usable = isinstance(rms, (int, float)) and not isinstance(rms, bool) and np.isfinite(rms) and rms > 0
+        return float(min(rms if usable else DEFAULT_RMS, self.budget))
+
+    @property
     def protects(self) -> bool:
         """Whether the stored held-out verification met its target (missing = no)."""
         return self.verification.get("protects") is True
