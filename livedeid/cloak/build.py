@@ -74,13 +74,13 @@ def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float
     probes = [i.image for i in enrolment.held_out]
     gallery = [i.image for i in enrolment.optimise]
     verifier = CloakVerifier(probes, gallery, recognizers=list(names), grow=settings.grow)
-    verified: dict[bytes, dict] = {}  # pattern bytes -> its verification (the accepted one is not redone)
+    last: dict = {}  # the pattern asked about last and its figures: the accepted one is not verified twice
 
     def verify(pattern: np.ndarray) -> dict:
-        key = np.asarray(pattern, np.float32).tobytes()
-        if key not in verified:
-            verified[key] = verifier(pattern)
-        return verified[key]
+        pattern = np.asarray(pattern, np.float32)
+        if "pattern" not in last or not np.array_equal(last["pattern"], pattern):
+            last.update(pattern=pattern.copy(), figures=verifier(pattern))
+        return last["figures"]
 
     result = optimise_cloak(enrolment.crops(), settings, held_out=enrolment.crops(held_out=True), progress=progress,
                             accept=lambda p: bool(verify(p)["protects"]))

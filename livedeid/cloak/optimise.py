@@ -391,16 +391,15 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
                 best = (badness, p.numpy().astype(np.float32).copy())
             if held_out is not None and accept is not None and _clear_of_centre(info):
                 entry["accepted"] = safe = bool(accept(p.numpy().astype(np.float32)))
+            done = safe and held_out is not None
             out_of_time = s.max_seconds is not None and entry["seconds"] >= s.max_seconds
-            stop = (safe and held_out is not None) or out_of_time
-            if stop or step == s.steps:
+            if done or out_of_time or step == s.steps:
                 entry["last"] = True
             if progress is not None:
                 progress(entry)
-            if safe and held_out is not None:
+            if done:
                 best, stopped = (badness, p.numpy().astype(np.float32).copy()), step < s.steps
-                break
-            if out_of_time:
+            if done or out_of_time:
                 break
     finally:
         torch.set_num_threads(threads)

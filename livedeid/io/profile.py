@@ -46,6 +46,7 @@ DEFAULT_BUDGET = 16 / 255
 # about 32.5 dB face PSNR, the floor with a margin. `enrol --strength 11` (about 30.5 dB)
 # protected more on the celebrity probe (SFace gallery match 21 -> 8 %; docs/decisions.md).
 DEFAULT_RMS = 8 / 255
+STRONG_RMS = 11 / 255  # the stronger choice offered (`enrol --strength 11`, the panel's "strong")
 # How far past the face oval a cloak may reach (the oval scaled by 1 + this): the hairline, ears
 # and jaw line, not the background.
 MAX_REGION_GROW = 0.3

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from livedeid.core.errors import UserError
-from livedeid.io.profile import DEFAULT_RMS, check_name, default_path, save_profile
+from livedeid.io.profile import DEFAULT_RMS, STRONG_RMS, check_name, default_path, save_profile
 from livedeid.panel.common import FaceView
 from livedeid.panel.enrol_result import VerificationBox, pct
 from livedeid.panel.video import Pane
@@ -59,7 +59,7 @@ def one_line(text: str) -> str:
 # The cloak's strength, as `livedeid enrol --strength` (levels of 1/255, root mean square):
 # label -> energy. The stronger one measured SFace 21 -> 8 % on the celebrity probe at
 # about 2 dB less face PSNR (docs/decisions.md).
-STRENGTHS = {"standard (face PSNR about 32.5 dB)": DEFAULT_RMS, "strong (about 30.5 dB, more visible)": 11 / 255}
+STRENGTHS = {"standard (face PSNR about 32.5 dB)": DEFAULT_RMS, "strong (about 30.5 dB, more visible)": STRONG_RMS}
 
 
 class EnrolTab(QWidget):
