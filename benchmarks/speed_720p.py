@@ -10,7 +10,8 @@ H.264), in one run, so the ratios compare like with like:
 Variants: ``engine_every`` N for each N of ``--every`` (the network on one frame in N at
 most, and on every frame whose face changed: ``engine_reuse_change``), and with ``--cloak``
 the enrolled user's configuration: a profile whose cloak the face wears instead of the
-network (a random pattern at 8/255: its figures do not matter to the speed).
+network (a random pattern at 8/255, re-posed onto the face's mesh every frame as an
+enrolled cloak is: its figures do not matter to the speed).
 
 * **profile** (per variant): decode, the track stage's two parts (face mesh on the 640 px
   detection copy; what the safety net adds after it: its detector runs beside the mesh),
@@ -56,6 +57,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 STAGES = ("decode", "track.mesh", "track.safety_net", "window", "engine", "composite", "rppg", "encode")
+
+
+def clip_layout(clip: Path) -> np.ndarray:
+    """A face layout (478, 2) for the bench profile: the clip's first face in crop pixels, so
+    the cloak is re-posed every frame as an enrolled profile's is."""
+    import cv2
+
+    from livedeid.core.geometry import apply_affine
+    from livedeid.tracking.mesh import alignment
+    from livedeid.tracking.still import still_landmarks
+
+    cap = cv2.VideoCapture(str(clip))
+    ok, first = cap.read()
+    cap.release()
+    lm = still_landmarks(first) if ok else None
+    if lm is None:
+        raise SystemExit(f"no face in the first frame of {clip}")
+    return apply_affine(alignment(lm, 128)[0], lm).astype(np.float32)
 
 
 def config(variant: str | None, profile: Path | None = None, manifests: dict | None = None):
@@ -305,7 +324,7 @@ def main() -> int:
             from livedeid.io.profile import Profile, save_profile
 
             pattern = np.random.default_rng(0).uniform(-8 / 255, 8 / 255, (3, 128, 128)).astype(np.float32)
-            cloak = save_profile(Profile(name="bench", pattern=pattern, budget=8 / 255,
+            cloak = save_profile(Profile(name="bench", pattern=pattern, budget=8 / 255, layout=clip_layout(clip),
                                          recognizers={"dlib": {}, "sface": {}}), Path(tmp) / "bench.npz")
         for v in variants:
             print(f"{v}: profile, process, live ...", flush=True)

@@ -16,20 +16,33 @@ from livedeid.core.settings import PipelineConfig
 from livedeid.io.profile import Profile, save_profile
 from livedeid.io.synthetic import SyntheticPulseSource
 from livedeid.pipeline.factory import build_processor
+from livedeid.protect.cloak import worn_pattern
 
 pytest.importorskip("torch")
 BUDGET = 8 / 255
 
 
+def _clip_layout(clip) -> np.ndarray:
+    """The clip's first face in crop pixels: a layout for a re-posed profile."""
+    from livedeid.core.geometry import apply_affine
+    from livedeid.tracking.mesh import alignment
+    from livedeid.tracking.still import still_landmarks
+
+    lm = still_landmarks(clip.frame(0).image)
+    return apply_affine(alignment(lm, 128)[0], lm).astype(np.float32)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_a_weak_cloak_is_refined_and_swapped_in_between_frames(tmp_path):
+@pytest.mark.parametrize("reposed", [False, True], ids=["aligned", "reposed"])
+def test_a_weak_cloak_is_refined_and_swapped_in_between_frames(tmp_path, reposed):
     # A zero cloak protects nobody: the worker's first check must call for a refinement.
+    clip = SyntheticPulseSource(duration_s=60.0, fps=30.0, size=(640, 360), seed=4)
+    layout = _clip_layout(clip) if reposed else None
     path = save_profile(Profile(name="ada", pattern=np.zeros((3, 128, 128), np.float32), budget=BUDGET,
-                                recognizers={"sface": {}}), tmp_path / "ada.npz")
+                                recognizers={"sface": {}}, layout=layout), tmp_path / "ada.npz")
     proc = build_processor(PipelineConfig(engine="onnxruntime", profile=path))
     settings = RefineSettings(sample_every_s=0.0, min_crops=4, keep=8, check_every_s=0.2, steps=10, duty=1.0)
-    clip = SyntheticPulseSource(duration_s=60.0, fps=30.0, size=(640, 360), seed=4)
     frames = [proc.process(clip.frame(i)) for i in range(0, 240, 30)]  # 8 s of a call, one frame a second
     assert all(f.cloak_track is not None for f in frames)
     with CloakRefiner(proc.profile, proc, settings) as refiner:
@@ -47,7 +60,9 @@ def test_a_weak_cloak_is_refined_and_swapped_in_between_frames(tmp_path):
     assert np.abs(pattern).max() > 0 and np.abs(pattern).max() <= BUDGET + 1e-6
     frame = proc.process(clip.frame(241))
     wearer = next(f for f in frame.faces if f.track_id == frame.cloak_track)
-    assert np.array_equal(wearer.protected, np.clip(wearer.crop + pattern, 0, 1)), "worn from the next frame"
+    assert np.array_equal(proc.profile.layout, layout) if reposed else proc.profile.layout is None
+    worn = worn_pattern(wearer, pattern, layout)  # the layout it was refined in
+    assert np.array_equal(wearer.protected, np.clip(wearer.crop + worn, 0, 1)), "worn from the next frame"
     assert any("refined" in e for e in proc.events)
     proc.close()
 

@@ -64,7 +64,7 @@ def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float
     """Optimise and verify a cloak on ``enrolment`` (:class:`livedeid.cloak.enrolment.Enrolment`):
     the :class:`~livedeid.io.profile.Profile`, not yet saved. ``progress`` gets each
     optimisation check (step, seconds, held-out match per recogniser)."""
-    from livedeid.cloak.optimise import optimise_cloak
+    from livedeid.cloak.optimise import face_layout, optimise_cloak
     from livedeid.cloak.verify import CloakVerifier
     from livedeid.io.profile import Profile, utc_now
     from livedeid.recognizers.base import get_recognizer
@@ -73,7 +73,9 @@ def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float
     settings = default_settings(names, budget=budget, steps=steps, seed=seed, rms=rms)
     probes = [i.image for i in enrolment.held_out]
     gallery = [i.image for i in enrolment.optimise]
-    verifier = CloakVerifier(probes, gallery, recognizers=list(names), grow=settings.grow)
+    landmarks = enrolment.crop_landmarks()
+    layout = face_layout(enrolment.crops(), landmarks, mirror=settings.mirror) if settings.repose else None
+    verifier = CloakVerifier(probes, gallery, recognizers=list(names), grow=settings.grow, layout=layout)
     last: dict = {}  # the pattern asked about last and its figures: the accepted one is not verified twice
 
     def verify(pattern: np.ndarray) -> dict:
@@ -83,7 +85,7 @@ def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float
         return last["figures"]
 
     result = optimise_cloak(enrolment.crops(), settings, held_out=enrolment.crops(held_out=True), progress=progress,
-                            accept=lambda p: bool(verify(p)["protects"]))
+                            accept=lambda p: bool(verify(p)["protects"]), layout=layout, landmarks=landmarks)
     pattern = np.asarray(result.pattern, dtype=np.float32)
     last = result.history[-1] if result.history else {}
     run = {"steps_run": int(last.get("step", settings.steps)), "seconds": float(last.get("seconds", 0.0)),
@@ -95,5 +97,5 @@ def build_profile(name: str, enrolment, names: tuple[str, ...], *, budget: float
         kept = {"crops": np.round(np.concatenate([enrolment.crops(), enrolment.crops(held_out=True)]) * 255)
                 .astype(np.uint8), "held_out": np.array([False] * len(gallery) + [True] * len(probes))}
     return Profile(name=name, pattern=pattern, budget=budget, crop_size=pattern.shape[-1], recognizers=identities,
-                   verification=verification, created=utc_now(), region_grow=settings.grow,
+                   verification=verification, created=utc_now(), region_grow=settings.grow, layout=layout,
                    settings=dict(dataclasses.asdict(settings), **run), enrolment=kept)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from livedeid.core.errors import UserError
-from livedeid.core.geometry import five_points
+from livedeid.core.geometry import apply_affine, five_points
 from livedeid.evaluation.photos import IMAGE_SUFFIXES, read_image
 from livedeid.protect.windows import extract_crop
 from livedeid.tracking.mesh import alignment
@@ -80,6 +80,12 @@ class Enrolment:
     def crops(self, held_out: bool = False) -> np.ndarray:
         items = self.held_out if held_out else self.optimise
         return np.stack([i.crop for i in items]).astype(np.float32)
+
+    def crop_landmarks(self, held_out: bool = False) -> list[np.ndarray]:
+        """Each item's landmarks in its crop's pixels (the mesh found on the whole image,
+        as the frame path finds it)."""
+        items = self.held_out if held_out else self.optimise
+        return [apply_affine(alignment(i.landmarks, CROP_SIZE)[0], i.landmarks) for i in items]
 
     def coverage(self) -> str:
         """A one-line summary of the pose and expression range (for the user)."""

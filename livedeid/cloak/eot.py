@@ -103,7 +103,7 @@ def cloaked_view(crops: torch.Tensor, pattern: torch.Tensor, gen: torch.Generato
     recogniser would receive it (see the module docstring for the order)."""
     n = crops.shape[0]
     x = light(crops, gen, s.light)
-    p = pattern.expand(n, *pattern.shape)
+    p = pattern if pattern.dim() == 4 else pattern.expand(n, *pattern.shape)
     if s.misregister > 0:
         p = warp(p, random_similarity(gen, n, s.misregister))
     y = (x + p).clamp(0.0, 1.0)

@@ -32,6 +32,15 @@ The loss, on random views of the cloaked crops (:mod:`livedeid.cloak.eot`)
 With a handful of photos the cloak would fit their exact poses, so by default it also
 sees each crop mirrored (a mirrored face is the same person in a new pose).
 
+Where the pattern lives
+    ``repose=False``: in the aligned crop's own coordinates (a similarity fit on five
+    points), so a turned head wears it shifted against its features by several pixels.
+    ``repose=True``: drawn in a face layout, the mean face mesh of the enrolment crops
+    (:func:`face_layout`), and moved onto each crop's own mesh by a thin-plate spline
+    (:mod:`livedeid.core.reposing`; the frame path does the same per frame), so every view
+    wears it on the same points of the face (Protego's per-user texture re-posed on
+    every frame, in the mesh's image plane rather than a UV map).
+
 Early stopping
     Every ``check_every`` steps the held-out crops (or the enrolment crops when none are
     kept out) are cloaked without random changes and through one fixed codec-like view
@@ -67,7 +76,9 @@ from livedeid.core.face_regions import (
     fill_polygons,
     polygon_points,
 )
+from livedeid.core.reposing import anchor_points
 from livedeid.io.profile import DEFAULT_BUDGET, DEFAULT_RMS
+from livedeid.protect.cloak import reposer_for
 from livedeid.protect.composite import oval_mask
 from livedeid.recognizers.base import get_recognizer
 from livedeid.recognizers.heads import RecognizerHead, hinge_term
@@ -108,6 +119,8 @@ class CloakSettings:
     step: float = 0.125              # first sign step, as a share of the budget (decays linearly to a tenth)
     smooth: float = 0.0              # sigma (crop px) of a Gaussian on the gradient before the sign (TI-FGSM);
                                      # off: at 1.5 the cloak could not fit SFace on the enrolment crops
+    repose: bool = True              # draw the pattern in a face layout (the enrolment's mean mesh) and move it
+                                     # onto each face's own mesh (livedeid.core.reposing), not the aligned crop
     max_seconds: float | None = None # stop at the first check after this long (None: run every step); the best
                                      # pattern so far is returned
     eot: EotSettings = field(default_factory=EotSettings)
@@ -118,21 +131,35 @@ class CloakResult:
     pattern: np.ndarray              # float32 (3, S, S), |pattern| <= budget
     history: list[dict]              # per check: step, seconds, loss, held-out match per recogniser
     stopped_early: bool
+    layout: np.ndarray | None = None # repose only: the face layout (478, 2) the pattern is drawn in
 
 
 # --------------------------------------------------------------------------------------
 # where the cloak may go
 # --------------------------------------------------------------------------------------
-def crop_landmarks(crops: np.ndarray) -> list[np.ndarray]:
+def crop_landmarks(crops: np.ndarray, keep_misses: bool = False) -> list[np.ndarray | None]:
     """Face-mesh landmarks (478, 2), in crop pixels, of each crop where the mesh finds the
-    face (an aligned crop is a tight, upright face: it does on every celebrity photo)."""
+    face (an aligned crop is a tight, upright face: it does on every celebrity photo);
+    with ``keep_misses`` one entry per crop, None where it does not."""
     out = []
     for crop in crops:
         bgr = np.ascontiguousarray(np.clip(np.rint(crop.transpose(1, 2, 0)[:, :, ::-1] * 255), 0, 255).astype(np.uint8))
         lm = still_landmarks(bgr)
-        if lm is not None:
+        if lm is not None or keep_misses:
             out.append(lm)
     return out
+
+
+def face_layout(crops: np.ndarray, landmarks: list[np.ndarray] | None = None, mirror: bool = True) -> np.ndarray:
+    """float32 (478, 2): the layout a re-posed cloak is drawn in, the mean face mesh (crop
+    pixels) of the enrolment ``crops`` (and of their mirror images with ``mirror``, so the
+    layout is as symmetric as the views the cloak is optimised on)."""
+    lms = [lm for lm in (landmarks if landmarks is not None else crop_landmarks(crops)) if lm is not None]
+    if mirror:
+        lms += crop_landmarks(np.ascontiguousarray(np.asarray(crops)[..., ::-1]))
+    if not lms:
+        raise UserError("no face found in the enrolment crops; cannot place a cloak")
+    return np.mean(np.stack(lms), axis=0).astype(np.float32)
 
 
 def weight_map(landmarks: list[np.ndarray], crop_size: int, s: CloakSettings) -> np.ndarray:
@@ -225,6 +252,36 @@ class SignPattern(torch.nn.Module):
             self.delta.mul_(rms / energy)
 
 
+def _layout_grids(layout: np.ndarray, landmarks: list[np.ndarray | None], size: int) -> torch.Tensor:
+    """(N, S, S, 2) ``grid_sample`` grids moving a pattern drawn in ``layout`` onto each
+    crop (the same maps as the frame path's, :func:`livedeid.protect.cloak.worn_pattern`)."""
+    reposer = reposer_for(layout, size)
+    anchors = anchor_points(layout)
+    maps = np.stack([reposer.map(anchors if lm is None else anchor_points(lm)) for lm in landmarks])
+    return torch.from_numpy((2.0 * maps + 1.0) / size - 1.0).float()
+
+
+def _on_crops(p: torch.Tensor, grids: torch.Tensor | None) -> torch.Tensor:
+    """The pattern as each crop wears it: itself, or re-posed by ``grids``."""
+    if grids is None:
+        return p
+    return F.grid_sample(p.expand(len(grids), *p.shape), grids, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def worn_on_crops(pattern: np.ndarray, crops: np.ndarray, layout: np.ndarray | None,
+                  landmarks: list[np.ndarray | None] | None = None) -> torch.Tensor:
+    """The pattern as each of ``crops`` (N, 3, S, S) wears it: the pattern itself, or with a
+    ``layout`` re-posed onto each crop's face mesh (``landmarks`` in crop pixels, else
+    found on the crops)."""
+    p = torch.as_tensor(np.asarray(pattern, np.float32))
+    if layout is None:
+        return p
+    if landmarks is None:
+        landmarks = crop_landmarks(np.asarray(crops), keep_misses=True)
+    return _on_crops(p, _layout_grids(layout, landmarks, p.shape[-1]))
+
+
 # --------------------------------------------------------------------------------------
 # the loss and its check
 # --------------------------------------------------------------------------------------
@@ -314,13 +371,16 @@ def _references(heads, enrol: torch.Tensor, held: torch.Tensor) -> tuple[dict, d
 def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.ndarray | None = None,
                    progress: Callable[[dict], None] | None = None,
                    landmarks: list[np.ndarray] | None = None, init: np.ndarray | None = None,
-                   accept: Callable[[np.ndarray], bool] | None = None) -> CloakResult:
+                   accept: Callable[[np.ndarray], bool] | None = None,
+                   layout: np.ndarray | None = None) -> CloakResult:
     """Optimise a cloak on ``crops`` (N, 3, S, S) float32 RGB in [0, 1] (enrolment crops);
     ``held_out`` crops are kept out of the optimisation and decide early stopping;
     ``landmarks`` (face mesh in crop pixels per crop) place the weight map, found on the
     crops when not given. ``progress`` gets each check's history entry (the final one has
     ``"last": True``). ``init``: a pattern to start from (background refinement continues
-    the profile's cloak; ``l2`` or ``mifgsm``).
+    the profile's cloak; ``l2`` or ``mifgsm``). With ``settings.repose`` the pattern is
+    drawn in ``layout`` (478, 2), by default :func:`face_layout` of the crops, returned in
+    the result; refinement passes the profile's so the pattern keeps its meaning.
 
     ``accept`` (with ``held_out``): the real verification, asked at each check where the
     surrogates no longer match any held-out crop to the centre (plain view); the
@@ -339,7 +399,22 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
         raise UserError("the l2 method needs an energy limit rms > 0")
     if not 0 < s.budget <= 0.25 or s.steps < 1 or s.batch < 1 or not s.recognizers:
         raise UserError("cloak settings need 0 < budget <= 64/255, steps >= 1, batch >= 1 and a recogniser")
-    weights = weight_map(landmarks if landmarks is not None else crop_landmarks(enrol.numpy()), size, s)
+    lms = landmarks if landmarks is not None else crop_landmarks(enrol.numpy())
+    enrol_grids = held_grids = None
+    if s.repose:
+        if layout is None:
+            layout = face_layout(enrol.numpy(), lms, s.mirror)
+        weights = weight_map([layout], size, s)
+        # every crop gets its own map (a crop the mesh misses wears the layout as it is)
+        enrol_lms = list(lms) if len(lms) == len(enrol) else crop_landmarks(enrol.numpy(), keep_misses=True)
+        if s.mirror:
+            enrol_lms += crop_landmarks(enrol.flip(-1).numpy(), keep_misses=True)
+        enrol_grids = _layout_grids(layout, enrol_lms, size)
+        held_grids = enrol_grids if held_out is None else _layout_grids(
+            layout, crop_landmarks(held.numpy(), keep_misses=True), size)
+    else:
+        layout = None
+        weights = weight_map(lms, size, s)
     if s.mirror:
         enrol = torch.cat([enrol, enrol.flip(-1)])
         held = enrol if held_out is None else held
@@ -362,7 +437,7 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
         t0, loss_sum, loss_n = time.perf_counter(), 0.0, 0
         for step in range(1, s.steps + 1):
             idx = torch.randint(len(enrol), (s.batch,), generator=gen)
-            p = pattern()
+            p = _on_crops(pattern(), None if enrol_grids is None else enrol_grids[idx])
             views = cloaked_view(enrol[idx], p, gen, s.eot)
             terms = cloak_losses(heads, views, refs, idx, s)
             if s.ssim_weight > 0:
@@ -381,7 +456,7 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
                 continue
             with torch.no_grad():
                 p = pattern()
-                info, safe = held_out_check(heads, p, held, held_refs, s)
+                info, safe = held_out_check(heads, _on_crops(p, held_grids), held, held_refs, s)
             entry = {"step": step, "seconds": round(time.perf_counter() - t0, 2),
                      "loss": round(loss_sum / loss_n, 5), "held_out_match": info}
             loss_sum, loss_n = 0.0, 0
@@ -404,4 +479,4 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
     finally:
         torch.set_num_threads(threads)
     out = np.clip(best[1], -s.budget, s.budget).astype(np.float32)
-    return CloakResult(pattern=out, history=history, stopped_early=stopped)
+    return CloakResult(pattern=out, history=history, stopped_early=stopped, layout=layout)

@@ -58,7 +58,8 @@ def parse_kbps(text: str) -> list[float]:
     return out
 
 
-def codec_verify(pattern, probes, gallery, judges, kbps_list, grow: float = 0.0, frames: int = 15) -> dict:
+def codec_verify(pattern, probes, gallery, judges, kbps_list, grow: float = 0.0, frames: int = 15,
+                 layout=None) -> dict:
     """The cloak after a video call's codec: ``{codec_key("cloak"|"clean", kbps): figures}``.
 
     Each probe is cloaked through the run-time path (:func:`~livedeid.cloak.verify.cloak_image`),
@@ -79,7 +80,7 @@ def codec_verify(pattern, probes, gallery, judges, kbps_list, grow: float = 0.0,
     cloaked = []  # (probe index, clean photo, cloaked, zero-pattern output, region)
     for i, img in enumerate(probes):
         lm = still_landmarks(img)
-        out, region = cloak_image(img, pattern, landmarks=lm, grow=grow) if lm is not None else (None, None)
+        out, region = cloak_image(img, pattern, landmarks=lm, grow=grow, layout=layout) if lm is not None else (None, None)
         if out is not None and region is not None:
             plain, _ = cloak_image(img, zero, landmarks=lm, grow=grow)
             cloaked.append((i, img, out, plain, region))
@@ -266,7 +267,8 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
         row = {"person": person, "enrol": k, "probes": len(probes), "seconds": time.perf_counter() - t0,
                "stopped_early": res.stopped_early, "history": res.history,
                "pattern_max": float(np.abs(res.pattern).max() * 255),
-               "cloak": verify_cloak(res.pattern, probes, enrol, judges, grow=s.grow, others=others_of(centres, person)),
+               "cloak": verify_cloak(res.pattern, probes, enrol, judges, grow=s.grow, others=others_of(centres, person),
+                                     layout=res.layout),
                "clean": verify_cloak(np.zeros_like(res.pattern), probes, enrol, judges, grow=s.grow,
                                      others=others_of(centres, person))}
         if loo:
@@ -274,9 +276,11 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
                 t1 = time.perf_counter()
                 r1 = optimise_cloak(crops, dataclasses.replace(s, recognizers=ensemble), landmarks=lms)
                 row[f"{key}_seconds"] = time.perf_counter() - t1
-                row[key] = verify_cloak(r1.pattern, probes, enrol, judges, grow=s.grow, others=others_of(centres, person))
+                row[key] = verify_cloak(r1.pattern, probes, enrol, judges, grow=s.grow, others=others_of(centres, person),
+                                        layout=r1.layout)
         if codec:
-            row.update(codec_verify(res.pattern, probes, enrol, judges, codec, grow=s.grow, frames=codec_frames))
+            row.update(codec_verify(res.pattern, probes, enrol, judges, codec, grow=s.grow, frames=codec_frames,
+                                    layout=res.layout))
             gh = {k: {n: round(v["gallery_match"], 2) for n, v in row[k]["recognizers"].items()}
                   for k in row if "_h264_" in k}
             say(f"  after H.264: gallery {gh}")

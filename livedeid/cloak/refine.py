@@ -51,22 +51,24 @@ def _worker(*args) -> None:
         args[-2].put(("error", f"cloak refinement stopped: {type(exc).__name__}: {exc}"))
 
 
-def _refine_loop(pattern: np.ndarray, budget: float, rms: float, grow: float, recognizers: tuple[str, ...],
-                 settings: RefineSettings, crops_in, results_out, stop) -> None:
+def _refine_loop(pattern: np.ndarray, budget: float, rms: float, grow: float, layout: np.ndarray | None,
+                 recognizers: tuple[str, ...], settings: RefineSettings, crops_in, results_out, stop) -> None:
     """The refinement loop (module docstring)."""
     if hasattr(os, "nice"):
         os.nice(settings.nice)
     import torch
 
-    from livedeid.cloak.optimise import CloakSettings, held_out_check, optimise_cloak
+    from livedeid.cloak.optimise import CloakSettings, held_out_check, optimise_cloak, worn_on_crops
     from livedeid.recognizers.base import get_recognizer
     from livedeid.recognizers.heads import RecognizerHead
 
     torch.set_num_threads(1)
     # The profile's own region: the composite lays the cloak under it, so the refinement must too.
-    # ... and its energy: a cloak enrolled stronger (`enrol --strength`) must not be refined down.
+    # ... and its energy: a cloak enrolled stronger (`enrol --strength`) must not be refined down;
+    # ... and its layout: a re-posed pattern only means something in the layout it was drawn in.
     cloak = CloakSettings(budget=budget, rms=rms, grow=grow, recognizers=recognizers, steps=settings.steps, threads=1,
-                          check_every=settings.steps, mirror=False, stop_margin=settings.trigger_margin)
+                          check_every=settings.steps, mirror=False, stop_margin=settings.trigger_margin,
+                          repose=layout is not None)
     heads = [RecognizerHead.from_recognizer(get_recognizer(n), crop_size=pattern.shape[-1]) for n in recognizers]
     recent: list[np.ndarray] = []
     rounds = swaps = 0
@@ -83,17 +85,17 @@ def _refine_loop(pattern: np.ndarray, budget: float, rms: float, grow: float, re
         crops = torch.from_numpy(np.stack(recent))
         refs = _refs(heads, crops)
         with torch.no_grad():
-            info, safe = held_out_check(heads, torch.from_numpy(pattern), crops, refs, cloak)
+            info, safe = held_out_check(heads, worn_on_crops(pattern, crops.numpy(), layout), crops, refs, cloak)
         status = {"crops": len(recent), "safe": safe, "match": info, "rounds": rounds, "swaps": swaps}
         if not safe:
             rounds += 1
             train, held = np.stack(recent[0::2]), np.stack(recent[1::2])
-            result = optimise_cloak(train, cloak, held_out=held, init=pattern)
+            result = optimise_cloak(train, cloak, held_out=held, init=pattern, layout=layout)
             held_t = torch.from_numpy(held)
             held_refs = _refs(heads, held_t)
             with torch.no_grad():
-                before, _ = held_out_check(heads, torch.from_numpy(pattern), held_t, held_refs, cloak)
-                after, _ = held_out_check(heads, torch.from_numpy(result.pattern), held_t, held_refs, cloak)
+                before, _ = held_out_check(heads, worn_on_crops(pattern, held, layout), held_t, held_refs, cloak)
+                after, _ = held_out_check(heads, worn_on_crops(result.pattern, held, layout), held_t, held_refs, cloak)
             if _badness(after) < _badness(before):
                 pattern = result.pattern
                 swaps += 1
@@ -143,7 +145,7 @@ class CloakRefiner:
         self._last_sample = -1e9
         self._proc = ctx.Process(target=_worker, name="livedeid-cloak-refiner", daemon=True,
                                  args=(profile.pattern, profile.budget, profile.energy, profile.region_grow,
-                                       names, self.settings,
+                                       profile.layout, names, self.settings,
                                        self._in, self._out, self._stop))
         self._proc.start()
 

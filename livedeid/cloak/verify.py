@@ -50,10 +50,11 @@ TARGET = 0.05  # gallery match at or below this for every recogniser = protects 
 
 
 def cloak_image(image_bgr: np.ndarray, pattern: np.ndarray, landmarks: np.ndarray | None = None,
-                grow: float = 0.0):
+                grow: float = 0.0, layout: np.ndarray | None = None):
     """``(cloaked image, region)`` of the largest face of a BGR image, through the run-time
-    path (alignment, crop warp, cloak, composite; the region is the face oval grown by
-    ``grow``, where the cloak may reach), or ``(None, None)`` when the face mesh finds no face."""
+    path (alignment, crop warp, cloak re-posed from ``layout`` when given, composite; the
+    region is the face oval grown by ``grow``, where the cloak may reach), or
+    ``(None, None)`` when the face mesh finds no face."""
     lm = still_landmarks(image_bgr) if landmarks is None else landmarks
     if lm is None:
         return None, None
@@ -61,7 +62,7 @@ def cloak_image(image_bgr: np.ndarray, pattern: np.ndarray, landmarks: np.ndarra
     to_crop, from_crop, _ = alignment(lm, crop_size)
     face = FaceTrack(track_id=0, landmarks=lm.astype(np.float32), to_crop=to_crop, from_crop=from_crop,
                      confidence=1.0, crop=extract_crop(image_bgr, to_crop, crop_size))
-    cloak_face(face, pattern, grow)
+    cloak_face(face, pattern, grow, layout)
     out = image_bgr.copy()
     apply_protection(out, face)
     return out, face_region(lm, image_bgr.shape[:2], grow)
@@ -126,16 +127,18 @@ def _gallery_embeddings(rec, gallery: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def verify_cloak(pattern: np.ndarray, probes: list[np.ndarray], gallery: list[np.ndarray],
-                 recognizers=None, grow: float = 0.0, others: dict | None = None) -> dict:
+                 recognizers=None, grow: float = 0.0, others: dict | None = None,
+                 layout: np.ndarray | None = None) -> dict:
     """Verify ``pattern`` (3, S, S) on ``probes`` (BGR images of the person the
     optimisation never saw) against ``gallery`` (other clean BGR images of the person)
     with the real ``recognizers`` (names or :class:`Recognizer` objects; default dlib and
-    SFace), the cloak laid under the face oval grown by ``grow``; ``others`` (recogniser
+    SFace), the cloak (re-posed from ``layout`` when given) laid under the face oval grown
+    by ``grow``; ``others`` (recogniser
     name -> centres of the other identities' galleries) adds closed-set top-1. Returns
     ``{"recognizers": {name: {...}}, "psnr_db", "ssim", "cloaked", "probes", "protects",
     "target"}`` (figures defined in the module docstring). To verify several patterns on
     the same images, build one :class:`CloakVerifier`."""
-    return CloakVerifier(probes, gallery, recognizers, grow=grow, others=others)(pattern)
+    return CloakVerifier(probes, gallery, recognizers, grow=grow, others=others, layout=layout)(pattern)
 
 
 class CloakVerifier:
@@ -146,10 +149,11 @@ class CloakVerifier:
     recognisers at every promising check."""
 
     def __init__(self, probes: list[np.ndarray], gallery: list[np.ndarray], recognizers=None, grow: float = 0.0,
-                 others: dict | None = None):
+                 others: dict | None = None, layout: np.ndarray | None = None):
         if not probes or not gallery:
             raise UserError("verifying a cloak needs at least one probe and one gallery image")
         self.recs = _recognizers(recognizers)
+        self.layout = layout
         self.grow, self.others, self.probes = float(grow), others, list(probes)
         # A face the mesh misses would be hidden (fail-closed) at run time, not cloaked; the
         # verification cannot vouch for it, so it counts against "protects" (found < probes).
@@ -165,7 +169,7 @@ class CloakVerifier:
     def __call__(self, pattern: np.ndarray) -> dict:
         pattern = np.asarray(pattern, np.float32)
         check_pattern(pattern, pattern.shape[-1], float(np.abs(pattern).max(initial=0.0)))
-        pairs = [(img, cloak_image(img, pattern, landmarks=lm, grow=self.grow)[0], region)
+        pairs = [(img, cloak_image(img, pattern, landmarks=lm, grow=self.grow, layout=self.layout)[0], region)
                  for img, lm, region in self.found]
         return _figures(self.recs, pairs, self.gallery_emb, self.clean, len(self.probes), self.others)
 

@@ -1,7 +1,8 @@
 """A person's cloak profile on disk: one ``.npz`` file per enrolled person.
 
-What is stored: the cloak pattern (float32 ``(3, S, S)`` in aligned-crop coordinates), its
-L-infinity budget, the crop size, which recognisers (package versions, model-file hashes)
+What is stored: the cloak pattern (float32 ``(3, S, S)`` in aligned-crop coordinates, or
+drawn in a face layout: the mean face-mesh shape of the enrolment crops, stored beside it,
+onto which each frame's face is re-posed), its L-infinity budget, the crop size, which recognisers (package versions, model-file hashes)
 it was optimised against, the verification figures measured on held-out images, the
 creation date (UTC) and the optimiser's settings. No face image and no clean embedding is
 written unless enrolment was asked to keep them (``keep_enrolment``).
@@ -50,6 +51,7 @@ STRONG_RMS = 11 / 255  # the stronger choice offered (`enrol --strength 11`, the
 # How far past the face oval a cloak may reach (the oval scaled by 1 + this): the hairline, ears
 # and jaw line, not the background.
 MAX_REGION_GROW = 0.3
+LAYOUT_POINTS = 478  # the refined face mesh's landmarks
 # Names become file names in the profile folder: no separators, no leading dot.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SUFFIX = ".npz"
@@ -69,6 +71,8 @@ class Profile:
     created: str = ""                        # UTC ISO 8601
     settings: dict = field(default_factory=dict)      # the optimiser's settings
     region_grow: float = 0.0                 # the cloak's region: the face oval scaled by 1 + this
+    layout: np.ndarray | None = None         # float32 (478, 2): the face layout (crop pixels) the pattern is
+                                             # drawn in, re-posed onto each face's mesh; None: the aligned crop
     enrolment: dict[str, np.ndarray] = field(default_factory=dict)  # only with keep_enrolment
     sha256: str = ""                         # set by save/load
 
@@ -112,6 +116,19 @@ def check_pattern(pattern: np.ndarray, crop_size: int, budget: float) -> np.ndar
     if float(np.abs(p).max(initial=0.0)) > budget + 1e-6:
         raise ValueError(f"cloak pattern exceeds its budget {budget * 255:.1f}/255")
     return p
+
+def check_layout(layout, crop_size: int) -> np.ndarray | None:
+    """``layout`` as float32 ``(478, 2)`` (or None); ValueError when its shape is wrong or
+    its points are not finite or lie far outside the crop."""
+    if layout is None:
+        return None
+    a = np.asarray(layout)
+    if a.shape != (LAYOUT_POINTS, 2) or a.dtype != np.float32:
+        raise ValueError(f"cloak layout is {a.dtype} {a.shape}, expected float32 ({LAYOUT_POINTS}, 2)")
+    if not np.isfinite(a).all() or a.min() < -crop_size or a.max() > 2 * crop_size:
+        raise ValueError("cloak layout has points that are not finite or lie far outside the crop")
+    return a
+
 
 def profile_dir() -> Path:
     """The user's profile folder (``LIVEDEID_PROFILE_DIR`` overrides), not created here."""
@@ -165,6 +182,8 @@ def _arrays(profile: Profile) -> dict[str, np.ndarray]:
             "settings": profile.settings, "region_grow": float(profile.region_grow)}
     arrays = {"pattern": np.ascontiguousarray(profile.pattern, dtype=np.float32),
               "meta": np.array([json.dumps(meta, sort_keys=True, default=_plain)])}
+    if profile.layout is not None:
+        arrays["layout"] = np.ascontiguousarray(profile.layout, dtype=np.float32)
     for key, value in profile.enrolment.items():
         arrays[_ENROLMENT_PREFIX + key] = np.ascontiguousarray(value)
     return arrays
@@ -176,6 +195,10 @@ def save_profile(profile: Profile, path: Path) -> Path:
     protection and, with ``keep_enrolment``, holds their face crops."""
     check_name(profile.name)
     check_pattern(profile.pattern, profile.crop_size, profile.budget)
+    try:
+        check_layout(None if profile.layout is None else np.asarray(profile.layout, np.float32), profile.crop_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if not 0 < profile.budget <= MAX_BUDGET + 1e-9:
         raise UserError(f"cloak budget must be in (0, {MAX_BUDGET * 255:.0f}/255]")
     if not 0.0 <= profile.region_grow <= MAX_REGION_GROW:
@@ -245,13 +268,14 @@ def load_profile(path: Path) -> Profile:
         if pattern.dtype != np.float32:
             raise ValueError(f"cloak pattern is {pattern.dtype}, expected float32")
         pattern = check_pattern(pattern, crop_size, budget)
+        layout = check_layout(arrays.get("layout"), crop_size)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"profile {path} is refused: {exc}") from None
     enrolment = {k[len(_ENROLMENT_PREFIX):]: v for k, v in arrays.items() if k.startswith(_ENROLMENT_PREFIX)}
     return Profile(name=str(meta.get("name", path.stem)), pattern=pattern, budget=budget, crop_size=crop_size,
                    recognizers=meta.get("recognizers") or {}, verification=meta.get("verification") or {},
                    created=str(meta.get("created", "")), settings=meta.get("settings") or {},
-                   enrolment=enrolment, sha256=stored, region_grow=region_grow)
+                   enrolment=enrolment, sha256=stored, region_grow=region_grow, layout=layout)
 
 
 def resolve_profile(name_or_file: str | os.PathLike) -> Profile:

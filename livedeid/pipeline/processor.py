@@ -206,7 +206,7 @@ class FrameProcessor:
         if self.config.protect and trusted:
             wearers = self.cloaks(frame, trusted)
             for face, profile in wearers:
-                cloak_face(face, profile.pattern, profile.region_grow)
+                cloak_face(face, profile.pattern, profile.region_grow, profile.layout)
             if wearers:
                 frame.cloak_track = wearers[0][0].track_id
             # faces without a cloak: the network, or its last residual between runs
