@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             if frame.index < first or (frame.index - first) % args.every:
                 continue
             wanted += 1
-            out, region = cloak_image(frame.image, profile.pattern, grow=profile.region_grow)
+            out, region = cloak_image(frame.image, profile.pattern, grow=profile.region_grow, layout=profile.layout)
             if out is not None:
                 pairs.append((frame.image, out, region))
     gallery = [i.image for i in enrolment.optimise]
