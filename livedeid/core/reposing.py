@@ -24,13 +24,19 @@ ANCHORS = tuple(dict.fromkeys(FACE_OVAL + RIGHT_EYE + LEFT_EYE + RIGHT_BROW + LE
 
 _ANCHOR_INDEX = np.array(ANCHORS)
 
-_GRID = 17          # spline evaluated on a GRID x GRID lattice over the crop, then interpolated
+_CELLS = 16         # the spline is evaluated on a lattice of about CELLS x CELLS cells, then interpolated
 _SMOOTHING = 1e-4   # thin-plate regularisation (crop units): the mesh's jitter is not followed exactly
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` without BLAS: these products are small, and a threaded BLAS beside the
+    frame path's busy threads took 24 ms a face instead of 1.3 (its workers wait for cores)."""
+    return np.einsum("ij,jk->ik", a, b)
 
 
 def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The thin-plate radial function r^2 log r between every row of ``a`` and of ``b``."""
-    r2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    r2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * np.einsum("id,jd->ij", a, b)
     np.maximum(r2, 1e-12, out=r2)
     return 0.5 * r2 * np.log(r2.astype(np.float32))
 
@@ -52,14 +58,15 @@ class Reposer:
         system[:n, n + 1:] = self.layout
         system[n + 1:, :n] = self.layout.T
         self._solve = np.linalg.inv(system)[:, :n]  # only the anchors' rows of the right-hand side are non-zero
-        # the lattice spans the crop's first to last pixel centre; _upsample interpolates it to every pixel
-        ticks = (np.arange(_GRID) * (self.size - 1) / (_GRID - 1) + 0.5) / self.size
+        # A lattice every `cell` pixels reaching a cell past each edge, at the places cv2.resize's
+        # bilinear scaling by `cell` assumes: crop pixel i is then the scaled lattice's pixel
+        # i + cell, never at its clamped border.
+        self._cell = max(2, self.size // _CELLS)
+        n = int(np.ceil((self.size - 0.5) / self._cell + 1.5))
+        px = self._cell * (np.arange(n) - 1) + (self._cell - 1) / 2.0
+        ticks = (px + 0.5) / self.size
         gx, gy = np.meshgrid(ticks, ticks)
-        pos = np.arange(self.size) * (_GRID - 1) / (self.size - 1)
-        lo = np.minimum(np.floor(pos).astype(int), _GRID - 2)
-        self._upsample = np.zeros((self.size, _GRID))
-        self._upsample[np.arange(self.size), lo] = 1.0 - (pos - lo)
-        self._upsample[np.arange(self.size), lo + 1] = pos - lo
+        self._lattice = n
         self._grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
         self._grid_kernel = self._basis(self._grid)
 
@@ -70,13 +77,14 @@ class Reposer:
         """float32 ``(size, size, 2)``: for each pixel ``(x, y)`` of a crop whose face has
         the anchor points ``anchors`` (crop pixels), the layout position that lands there
         (what ``cv2.remap`` of a layout-space pattern needs)."""
-        coef = self._solve @ (np.asarray(anchors, np.float64) / self.size - self.layout)  # displacement spline
+        coef = _product(self._solve, np.asarray(anchors, np.float64) / self.size - self.layout)  # displacement spline
         # x = u + d(u) for the layout point u landing on crop point x: u = x - d(u), iterated once from u = x
-        guess = self._grid - self._grid_kernel @ coef
-        u = self._grid - self._basis(guess) @ coef
-        coarse = u.reshape(_GRID, _GRID, 2) * self.size - 0.5  # pixel i's centre lies at (i + 0.5) / size
-        up = self._upsample
-        return np.stack([up @ coarse[..., k] @ up.T for k in range(2)], axis=-1).astype(np.float32)
+        guess = self._grid - _product(self._grid_kernel, coef)
+        u = self._grid - _product(self._basis(guess), coef)
+        n, c = self._lattice, self._cell
+        coarse = (u.reshape(n, n, 2) * self.size - 0.5).astype(np.float32)  # pixel i's centre: (i + 0.5) / size
+        fine = cv2.resize(coarse, (n * c, n * c), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(fine[c:c + self.size, c:c + self.size])
 
     def __call__(self, pattern: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         """``pattern`` (C, S, S), drawn in the layout, moved onto a crop whose face has
