@@ -3,8 +3,9 @@
 What is stored: the cloak pattern (float32 ``(3, S, S)`` in aligned-crop coordinates, or
 drawn in a face layout: the mean face-mesh shape of the enrolment crops, stored beside it,
 onto which each frame's face is re-posed), its L-infinity budget, the crop size, which
-recognisers (package versions, model-file hashes) it was optimised against, the verification figures measured on held-out images, the
-creation date (UTC) and the optimiser's settings. No face image and no clean embedding is
+recognisers (package versions, model-file hashes) it was optimised against, the
+verification figures measured on held-out images, the creation date (UTC) and the
+optimiser's settings. No face image and no clean embedding is
 written unless enrolment was asked to keep them (``keep_enrolment``).
 
 Format: ``numpy.savez`` arrays only, read back with ``allow_pickle=False`` so a pickled
