@@ -53,13 +53,12 @@ def refiner_at_work(proc, size: tuple[int, int], fps: float):
 
 def clip_layout(width: int, height: int) -> np.ndarray:
     """A face layout (478, 2) for the bench profile: the built-in clip's face in crop pixels."""
-    from livedeid.core.geometry import apply_affine
     from livedeid.io.synthetic import SyntheticPulseSource
-    from livedeid.tracking.mesh import alignment
+    from livedeid.tracking.mesh import aligned_landmarks
     from livedeid.tracking.still import still_landmarks
 
     lm = still_landmarks(SyntheticPulseSource(duration_s=1.0, size=(width, height), seed=9).frame(0).image)
-    return apply_affine(alignment(lm, 128)[0], lm).astype(np.float32)
+    return aligned_landmarks(lm, 128)
 
 
 def run_once(profile: Path, seconds: float, size: tuple[int, int], fps: float, refine: bool) -> dict:

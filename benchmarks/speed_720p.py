@@ -64,8 +64,7 @@ def clip_layout(clip: Path) -> np.ndarray:
     the cloak is re-posed every frame as an enrolled profile's is."""
     import cv2
 
-    from livedeid.core.geometry import apply_affine
-    from livedeid.tracking.mesh import alignment
+    from livedeid.tracking.mesh import aligned_landmarks
     from livedeid.tracking.still import still_landmarks
 
     cap = cv2.VideoCapture(str(clip))
@@ -74,7 +73,7 @@ def clip_layout(clip: Path) -> np.ndarray:
     lm = still_landmarks(first) if ok else None
     if lm is None:
         raise SystemExit(f"no face in the first frame of {clip}")
-    return apply_affine(alignment(lm, 128)[0], lm).astype(np.float32)
+    return aligned_landmarks(lm, 128)
 
 
 def config(variant: str | None, profile: Path | None = None, manifests: dict | None = None):

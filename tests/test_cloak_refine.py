@@ -24,12 +24,11 @@ BUDGET = 8 / 255
 
 def _clip_layout(clip) -> np.ndarray:
     """The clip's first face in crop pixels: a layout for a re-posed profile."""
-    from livedeid.core.geometry import apply_affine
-    from livedeid.tracking.mesh import alignment
+    from livedeid.tracking.mesh import aligned_landmarks
     from livedeid.tracking.still import still_landmarks
 
     lm = still_landmarks(clip.frame(0).image)
-    return apply_affine(alignment(lm, 128)[0], lm).astype(np.float32)
+    return aligned_landmarks(lm, 128)
 
 
 @pytest.mark.slow

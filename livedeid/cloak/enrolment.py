@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from livedeid.core.errors import UserError
-from livedeid.core.geometry import apply_affine, five_points
+from livedeid.core.geometry import five_points
 from livedeid.evaluation.photos import IMAGE_SUFFIXES, read_image
 from livedeid.protect.windows import extract_crop
-from livedeid.tracking.mesh import alignment
+from livedeid.tracking.mesh import aligned_landmarks, alignment
 
 CROP_SIZE = 128
 NOSE_DEPTH = 0.55           # nose tip in front of the eye line, in inter-ocular distances
@@ -85,7 +85,7 @@ class Enrolment:
         """Each item's landmarks in its crop's pixels (the mesh found on the whole image,
         as the frame path finds it)."""
         items = self.held_out if held_out else self.optimise
-        return [apply_affine(alignment(i.landmarks, CROP_SIZE)[0], i.landmarks) for i in items]
+        return [aligned_landmarks(i.landmarks, CROP_SIZE) for i in items]
 
     def coverage(self) -> str:
         """A one-line summary of the pose and expression range (for the user)."""

@@ -37,7 +37,7 @@ def worn_pattern(face: FaceTrack, pattern: np.ndarray, layout: np.ndarray | None
     if layout is None:
         return pattern
     size = pattern.shape[-1]
-    anchors = anchor_points(apply_affine(face.to_crop, face.landmarks))
+    anchors = apply_affine(face.to_crop, anchor_points(face.landmarks))
     return reposer_for(layout, size)(pattern, anchors)
 
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from livedeid.core.geometry import crop_template, five_points, similarity_fit
+from livedeid.core.geometry import apply_affine, crop_template, five_points, similarity_fit
 from livedeid.core.records import FaceTrack
 
 N_LANDMARKS = 478
@@ -77,6 +77,12 @@ def alignment(landmarks: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.nda
     iod = float(np.linalg.norm(template[1] - template[0]))
     fit_error = float(np.sqrt(((mapped - template) ** 2).sum(axis=1).mean()) / iod)
     return to_crop, from_crop, fit_error
+
+
+def aligned_landmarks(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
+    """float32: the face's landmarks in the pixels of its own aligned crop (a cloak's face
+    layout is the mean of these)."""
+    return apply_affine(alignment(landmarks, crop_size)[0], landmarks).astype(np.float32)
 
 
 def largest_face(faces: list[FaceTrack]) -> FaceTrack:
