@@ -16,7 +16,8 @@ enrolled cloak is: its figures do not matter to the speed).
 * **profile** (per variant): decode, the track stage's two parts (face mesh on the 640 px
   detection copy; what the safety net adds after it: its detector runs beside the mesh),
   window, engine, composite, rppg and encode, each on its own, in ms per frame (p50/p95),
-  and the share of face-frames that wore a kept residual instead of running the network;
+  the share of face-frames that wore a kept residual instead of running the network, and
+  how often the tracker changed between the lone face's mesh graph and the full one;
 * **process**: the real `process` path (decode thread -> processor -> encode thread),
   end-to-end fps;
 * **live**: the clip played as a 30 fps camera in real time (frames due while the filter
@@ -145,7 +146,7 @@ def profile(clip: Path, cfg, frames: int) -> dict:
         times["encode"] = [per] * len(outputs)
     warm = 5  # model and tracker warm-up
     out = {s: {"p50": pct(v[warm:], 50), "p95": pct(v[warm:], 95)} for s, v in times.items()}
-    return {**out, "reused": reuse_share(proc)}
+    return {**out, "reused": reuse_share(proc), "graph_switches": proc.tracker.graph_switches}
 
 
 def run_process(clip: Path, cfg) -> dict:
@@ -263,6 +264,8 @@ def markdown(res: dict, command: str) -> str:
                                             for p in res["profile"].values()) + " |")
     lines.append("| face-frames wearing a kept residual | " + " | ".join(
         "-" if p.get("reused") is None else f"{100 * p['reused']:.0f} %" for p in res["profile"].values()) + " |")
+    lines.append("| face-mesh graph switches (lone face / full; tracking.mesh) | " + " | ".join(
+        str(p.get("graph_switches", "-")) for p in res["profile"].values()) + " |")
     lines += ["", "Stages run on three threads in `process` (decode, processor, encode) and two in `live`, "
               "plus the safety net's detector beside the face mesh, so end-to-end time per frame is about "
               "the slowest of them plus contention on 2 cores, not the sum.", "", "## End to end", "",

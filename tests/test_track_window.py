@@ -93,3 +93,69 @@ def test_extract_crop_layout(astronaut_bgr):
     assert crop.shape == (3, 128, 128) and crop.dtype == np.float32
     ref = cv2.resize(astronaut_bgr, (128, 128), interpolation=cv2.INTER_LINEAR)
     assert np.abs(crop[0] * 255 - ref[:, :, 2]).mean() < 12  # channel 0 is red
+
+
+def _pair(face: np.ndarray, second: bool) -> np.ndarray:
+    """An 800x450 frame with the photo's head on the left and, if ``second``, again on the
+    right (a second person sitting down beside the first)."""
+    frame = np.full((450, 800, 3), (40, 60, 50), np.uint8)
+    head = cv2.resize(face[0:280, 80:340], (340, 366), interpolation=cv2.INTER_LINEAR)
+    frame[40:406, 30:370] = head
+    if second:
+        frame[40:406, 430:770] = head
+    return frame
+
+
+def test_a_lone_face_is_followed_without_searching_and_a_newcomer_is_still_found(astronaut_bgr):
+    """Told that nobody else is in view (search=False), the tracker follows a lone face on
+    the one-face graph; the mesh's own detector, asked on one frame in SPOT_EVERY, still
+    finds a second face that nobody reported, within SPOT_EVERY + 1 frames."""
+    from livedeid.tracking.mesh import SPOT_EVERY
+
+    with FaceTracker() as tracker:
+        for i in range(3):
+            assert len(tracker.update(_pair(astronaut_bgr, False), i / 30, search=False)) == 1
+        assert tracker.graph_switches == 1  # onto the lone face's graph
+        found_after = None
+        for i in range(3, 3 + SPOT_EVERY + 2):
+            faces = tracker.update(_pair(astronaut_bgr, True), i / 30, search=False)
+            if len([f for f in faces if not f.is_lost]) == 2:
+                found_after = i - 3
+                break
+        assert found_after is not None and found_after <= SPOT_EVERY
+        assert tracker.graph_switches == 2  # back on the full graph
+
+
+def test_a_reported_newcomer_is_tracked_on_the_next_frame(astronaut_bgr):
+    with FaceTracker() as tracker:
+        for i in range(3):
+            tracker.update(_pair(astronaut_bgr, False), i / 30, search=False)
+        # the caller's detector saw a face no track holds: the full graph takes over at once
+        faces = tracker.update(_pair(astronaut_bgr, True), 3 / 30, search=True)
+        assert len([f for f in faces if not f.is_lost]) == 2
+        # and keeps looking while a face besides the first one is tracked
+        for i in range(4, 8):
+            faces = tracker.update(_pair(astronaut_bgr, True), i / 30, search=False)
+            assert len([f for f in faces if not f.is_lost]) == 2
+
+
+def test_searching_keeps_the_full_graph(astronaut_bgr):
+    with FaceTracker() as tracker:
+        for i in range(5):
+            tracker.update(_pair(astronaut_bgr, False), i / 30)
+        assert tracker.graph_switches == 0
+
+
+def test_a_lone_face_that_jumps_is_found_on_the_same_frame(astronaut_bgr):
+    """The lone face's graph detects only on the frame after it loses its face; the full
+    graph looks on the frame itself, so a cut or a jump costs no lost (hidden) frame."""
+    with FaceTracker() as tracker:
+        for i in range(3):
+            tracker.update(_place(astronaut_bgr, shift=(-150, 0)), i / 30, search=False)
+        assert tracker.graph_switches == 1
+        before = tracker.update(_place(astronaut_bgr, shift=(-150, 0)), 3 / 30, search=False)[0]
+        faces = tracker.update(_place(astronaut_bgr, shift=(150, 0)), 4 / 30, search=False)
+        live = [f for f in faces if not f.is_lost]
+        # a jump this far is a new track (the old one is lost, hidden where it was)
+        assert len(live) == 1
+        assert live[0].landmarks[:, 0].mean() - before.landmarks[:, 0].mean() > 200

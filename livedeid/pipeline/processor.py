@@ -109,6 +109,7 @@ class FrameProcessor:
         self.events: deque[str] = deque(maxlen=100)
         self._hr_track: int | None = None
         self._face_seen = False
+        self._search = True  # whether the mesh must look for more faces (track stage)
 
     def close(self) -> None:
         self._beside_mesh.shutdown(wait=True)
@@ -140,7 +141,10 @@ class FrameProcessor:
         # The safety net's detector needs nothing from the mesh: it runs beside it (both
         # are MediaPipe graphs, which release the GIL), its verdict after it.
         detecting = self._beside_mesh.submit(self.safety_net.detect_scored, rgb, hw) if self.safety_net is not None else None
-        frame.faces = self.tracker.update(frame.image, frame.timestamp, rgb)
+        # The mesh looks for faces beyond a lone one only when the safety net saw one no
+        # track held on the frame before (its detector finds what the mesh's does, and
+        # smaller ones), or with no safety net at all (tracking.mesh, SPOT_EVERY).
+        frame.faces = self.tracker.update(frame.image, frame.timestamp, rgb, search=self._search)
         # parts of the track stage, for profiles (not in STAGES: the total counts them once);
         # track.safety_net is what the net adds after the mesh (its wait, then its verdict)
         t_mesh = time.perf_counter()
@@ -148,6 +152,7 @@ class FrameProcessor:
         if detecting is not None:
             frame.unheld_boxes = self.safety_net.update(rgb, hw, [f.bbox() for f in frame.faces],
                                                         found=detecting.result())
+        self._search = detecting is None or bool(frame.unheld_boxes)
         frame.stage_ms["track.safety_net"] = (time.perf_counter() - t_mesh) * 1000.0
         self._release_lost(frame)
         self._face_seen = self._face_seen or bool(frame.faces) or bool(frame.unheld_boxes)

@@ -23,6 +23,17 @@ N_LANDMARKS = 478
 # landmarks, as a fraction of the face's box diagonal). Steady faces trail by under 1 %;
 # fast head motion by a few; a cut to another face by 15 % or more.
 MAX_SMOOTHING_LAG = 0.06
+# While MediaPipe's face-mesh graph follows fewer faces than it may, it runs its face
+# detector on every frame to look for more: 5 of its 12 ms a 720p frame here, for one
+# face at a webcam. So a second graph that may follow only one face follows the lone
+# face, and the full graph takes over whenever there may be another one: when the caller
+# says so (the safety net's detector saw a face no track holds), when no face or several
+# are followed, and when the mesh's own detector, asked on one frame in SPOT_EVERY, finds
+# a face away from the followed one. Once looking, the full graph keeps looking for
+# SEARCH_HOLD frames, so a second face that flickers does not switch graphs back and
+# forth (each switch starts a graph afresh: about 5 ms and one detection).
+SPOT_EVERY = 10
+SEARCH_HOLD = 30
 
 
 class OneEuroFilter:
@@ -129,13 +140,28 @@ class FaceTracker:
         self.detect_long_side = detect_long_side
         self.smoothing = smoothing
         self.forget_after_s = forget_after_s
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static_images,
-            max_num_faces=max_faces,
-            refine_landmarks=True,
-            min_detection_confidence=min_detection_confidence,
-            min_tracking_confidence=min_tracking_confidence,
-        )
+
+        def graph(faces: int):
+            return mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static_images,
+                max_num_faces=faces,
+                refine_landmarks=True,
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=min_tracking_confidence,
+            )
+
+        self._graph_of = graph
+        self._mesh = graph(max_faces)
+        # the lone face's graph and the detector that asks now and then whether it is alone
+        # (SPOT_EVERY), made when a caller first says nobody else is in view; still images
+        # have no frame before them to follow a face from
+        self._may_follow_one = max_faces > 1 and not static_images
+        self._spot_confidence = min_detection_confidence
+        self._one = self._spotter = None
+        self._following_one = False
+        self._frame = 0
+        self._search_until = 0
+        self.graph_switches = 0  # for profiles: how often the lone face's graph was left or taken
         self._tracks: list[_Track] = []
         self._lost_since: dict[int, float] = {}
         self._next_id = 0
@@ -143,6 +169,9 @@ class FaceTracker:
 
     def close(self) -> None:
         self._mesh.close()
+        if self._one is not None:
+            self._one.close()
+            self._spotter.close()
 
     def __enter__(self):
         return self
@@ -162,23 +191,87 @@ class FaceTracker:
         rgb.flags.writeable = False
         return rgb
 
-    def detect(self, image_bgr: np.ndarray, rgb: np.ndarray | None = None) -> list[np.ndarray]:
-        """Raw MediaPipe landmarks (478, 2) in full-frame pixels for each detected face."""
+    def detect(self, image_bgr: np.ndarray, rgb: np.ndarray | None = None, search: bool = True) -> list[np.ndarray]:
+        """Raw MediaPipe landmarks (478, 2) in full-frame pixels for each detected face
+        (``search``: see :meth:`update`)."""
         h, w = image_bgr.shape[:2]
-        result = self._mesh.process(self.detection_rgb(image_bgr) if rgb is None else rgb)
+        rgb = self.detection_rgb(image_bgr) if rgb is None else rgb
+        graph = self._graph(rgb, (h, w), search)
+        result = graph.process(rgb)
+        if graph is self._one and not result.multi_face_landmarks:
+            # the lone face left its graph's tracking (a jump, a cut, a fast turn), and that
+            # graph detects only on the next frame: the full one looks on this frame
+            result = self._take_full_graph().process(rgb)
         faces = []
         for face in result.multi_face_landmarks or []:
             pts = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32)
             faces.append(pts * np.array([w, h], dtype=np.float32))
         return faces
 
-    def update(self, image_bgr: np.ndarray, timestamp: float, rgb: np.ndarray | None = None) -> list[FaceTrack]:
-        """Track faces in one frame (``rgb``: its :meth:`detection_rgb`, when already made)."""
+    def update(self, image_bgr: np.ndarray, timestamp: float, rgb: np.ndarray | None = None,
+               search: bool = True) -> list[FaceTrack]:
+        """Track faces in one frame (``rgb``: its :meth:`detection_rgb`, when already made).
+
+        ``search=False`` is the caller's word that its own detector found no face the
+        tracks do not hold (on the frame before): a lone face is then followed without
+        running the mesh's face detector on every frame (:data:`SPOT_EVERY`)."""
         if self._last_t is not None and timestamp <= self._last_t:
             timestamp = self._last_t + 1e-3  # keep time strictly increasing for the filter
         self._last_t = timestamp
-        self._associate(self.detect(image_bgr, rgb), timestamp)
+        self._associate(self.detect(image_bgr, rgb, search), timestamp)
         return [self._to_face_track(t) for t in self._tracks]
+
+    def _graph(self, rgb: np.ndarray, frame_hw: tuple[int, int], search: bool):
+        """The graph for this frame: the lone face's while exactly one face is tracked (and
+        not lost) and nobody has seen another for :data:`SEARCH_HOLD` frames, else the full
+        one."""
+        if not self._may_follow_one:
+            return self._mesh
+        self._frame += 1
+        # one track in all: a lost one is a face that may come back anywhere, which only the
+        # full graph would find (the safety net sees it held by its track's box)
+        alone = len(self._tracks) == 1 and self._tracks[0].lost_frames == 0
+        # the full graph's own detector looks on every frame; the lone face's is asked here
+        if not search and alone and self._following_one and self._frame % SPOT_EVERY == 0:
+            search = self._spots_another(rgb, frame_hw, self._tracks[0].landmarks)
+        if search:
+            self._search_until = self._frame + SEARCH_HOLD
+        one = alone and self._frame > self._search_until
+        if one and self._one is None:
+            import mediapipe as mp
+
+            self._one = self._graph_of(1)
+            self._spotter = mp.solutions.face_detection.FaceDetection(
+                model_selection=0, min_detection_confidence=self._spot_confidence)
+        if one and not self._following_one:
+            self._one.reset()  # it last ran frames ago: afresh, so it detects
+            self._following_one = True
+            self.graph_switches += 1
+        return self._one if one else self._take_full_graph()
+
+    def _take_full_graph(self):
+        """The full graph, started afresh when the lone face's graph had the frames before
+        (its own last frames are stale), looking for everyone for :data:`SEARCH_HOLD` frames."""
+        if self._following_one:
+            self._mesh.reset()
+            self._following_one = False
+            self._search_until = self._frame + SEARCH_HOLD
+            self.graph_switches += 1
+        return self._mesh
+
+    def _spots_another(self, rgb: np.ndarray, frame_hw: tuple[int, int], followed: np.ndarray) -> bool:
+        """Whether the mesh's own detector finds a face in ``rgb`` (the detection copy of a
+        ``frame_hw`` frame) whose centre lies outside the box of the ``followed`` face's
+        landmarks (frame pixels): the same face's box holds its centre however the two
+        boxes' edges differ."""
+        h, w = frame_hw
+        (x0, y0), (x1, y1) = followed.min(axis=0), followed.max(axis=0)
+        for det in self._spotter.process(rgb).detections or []:
+            b = det.location_data.relative_bounding_box
+            cx, cy = (b.xmin + b.width / 2) * w, (b.ymin + b.height / 2) * h
+            if not (x0 <= cx <= x1 and y0 <= cy <= y1):
+                return True
+        return False
 
     def clear(self) -> None:
         """Forget every track, lost ones included (nobody is held hidden any more)."""
