@@ -67,6 +67,24 @@ def astronaut_bgr() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def two_heads(astronaut_bgr):
+    """``two_heads(second)``: an 800x450 frame with the photo's head on the left and, if
+    ``second``, again on the right (a second person sitting down beside the first)."""
+    import cv2
+
+    head = cv2.resize(astronaut_bgr[0:280, 80:340], (340, 366), interpolation=cv2.INTER_LINEAR)
+
+    def frame(second: bool) -> np.ndarray:
+        image = np.full((450, 800, 3), (40, 60, 50), np.uint8)
+        image[40:406, 30:370] = head
+        if second:
+            image[40:406, 430:770] = head
+        return image
+
+    return frame
+
+
+@pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS

@@ -338,22 +338,20 @@ def test_whole_frame_is_hidden_until_the_first_face_is_found(astronaut_bgr):
     assert np.array_equal(unguarded.output, empty)
 
 
-def test_a_second_face_entering_beside_a_lone_one_is_never_shown_raw(astronaut_bgr):
+def test_a_second_face_entering_beside_a_lone_one_is_never_shown_raw(two_heads):
     """The mesh follows a lone face without its detector (tracking.mesh.SPOT_EVERY); a face
     that enters is hidden by the safety net on its first frame and tracked from the next:
     no frame shows it unprotected."""
-    from test_track_window import _pair
-
     from livedeid.tracking.mesh import SEARCH_HOLD
 
     proc = FrameProcessor(PipelineConfig(engine="onnxruntime"))
     start = SEARCH_HOLD + 2  # the first frame looks for everyone, and keeps looking a while
     try:
         for i in range(start):
-            proc.process(Frame(_pair(astronaut_bgr, False), i, i / 30))
+            proc.process(Frame(two_heads(False), i, i / 30))
         assert proc.tracker.graph_switches == 1  # following the lone face
         for i in range(start, start + 4):
-            image = _pair(astronaut_bgr, True)
+            image = two_heads(True)
             done = proc.process(Frame(image.copy(), i, i / 30))
             out = done.output
             core = (slice(150, 260), slice(575, 665))  # the newcomer's eyes, nose and mouth

@@ -95,18 +95,7 @@ def test_extract_crop_layout(astronaut_bgr):
     assert np.abs(crop[0] * 255 - ref[:, :, 2]).mean() < 12  # channel 0 is red
 
 
-def _pair(face: np.ndarray, second: bool) -> np.ndarray:
-    """An 800x450 frame with the photo's head on the left and, if ``second``, again on the
-    right (a second person sitting down beside the first)."""
-    frame = np.full((450, 800, 3), (40, 60, 50), np.uint8)
-    head = cv2.resize(face[0:280, 80:340], (340, 366), interpolation=cv2.INTER_LINEAR)
-    frame[40:406, 30:370] = head
-    if second:
-        frame[40:406, 430:770] = head
-    return frame
-
-
-def test_a_lone_face_is_followed_without_searching_and_a_newcomer_is_still_found(astronaut_bgr):
+def test_a_lone_face_is_followed_without_searching_and_a_newcomer_is_still_found(two_heads):
     """Told that nobody else is in view (search=False), the tracker follows a lone face on
     the one-face graph; the mesh's own detector, asked on one frame in SPOT_EVERY, still
     finds a second face that nobody reported, within SPOT_EVERY + 1 frames."""
@@ -114,11 +103,11 @@ def test_a_lone_face_is_followed_without_searching_and_a_newcomer_is_still_found
 
     with FaceTracker() as tracker:
         for i in range(3):
-            assert len(tracker.update(_pair(astronaut_bgr, False), i / 30, search=False)) == 1
+            assert len(tracker.update(two_heads(False), i / 30, search=False)) == 1
         assert tracker.graph_switches == 1  # onto the lone face's graph
         found_after = None
         for i in range(3, 3 + SPOT_EVERY + 2):
-            faces = tracker.update(_pair(astronaut_bgr, True), i / 30, search=False)
+            faces = tracker.update(two_heads(True), i / 30, search=False)
             if len([f for f in faces if not f.is_lost]) == 2:
                 found_after = i - 3
                 break
@@ -126,23 +115,23 @@ def test_a_lone_face_is_followed_without_searching_and_a_newcomer_is_still_found
         assert tracker.graph_switches == 2  # back on the full graph
 
 
-def test_a_reported_newcomer_is_tracked_on_the_next_frame(astronaut_bgr):
+def test_a_reported_newcomer_is_tracked_on_the_next_frame(two_heads):
     with FaceTracker() as tracker:
         for i in range(3):
-            tracker.update(_pair(astronaut_bgr, False), i / 30, search=False)
+            tracker.update(two_heads(False), i / 30, search=False)
         # the caller's detector saw a face no track holds: the full graph takes over at once
-        faces = tracker.update(_pair(astronaut_bgr, True), 3 / 30, search=True)
+        faces = tracker.update(two_heads(True), 3 / 30, search=True)
         assert len([f for f in faces if not f.is_lost]) == 2
         # and keeps looking while a face besides the first one is tracked
         for i in range(4, 8):
-            faces = tracker.update(_pair(astronaut_bgr, True), i / 30, search=False)
+            faces = tracker.update(two_heads(True), i / 30, search=False)
             assert len([f for f in faces if not f.is_lost]) == 2
 
 
-def test_searching_keeps_the_full_graph(astronaut_bgr):
+def test_searching_keeps_the_full_graph(two_heads):
     with FaceTracker() as tracker:
         for i in range(5):
-            tracker.update(_pair(astronaut_bgr, False), i / 30)
+            tracker.update(two_heads(False), i / 30)
         assert tracker.graph_switches == 0
 
 

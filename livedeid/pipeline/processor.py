@@ -152,7 +152,7 @@ class FrameProcessor:
         if detecting is not None:
             frame.unheld_boxes = self.safety_net.update(rgb, hw, [f.bbox() for f in frame.faces],
                                                         found=detecting.result())
-        self._search = detecting is None or bool(frame.unheld_boxes)
+        self._search = self.safety_net is None or bool(frame.unheld_boxes)
         frame.stage_ms["track.safety_net"] = (time.perf_counter() - t_mesh) * 1000.0
         self._release_lost(frame)
         self._face_seen = self._face_seen or bool(frame.faces) or bool(frame.unheld_boxes)
