@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from livedeid.tracking.safety_net import CONFIRM_SCORE, PENDING_FRAMES, SafetyNet
+from livedeid.tracking.safety_net import CONFIRM_SCORE, EDGE_EVERY, EDGE_SCORE, EDGE_STRIP, PENDING_FRAMES, SafetyNet
 
 
 @pytest.fixture
@@ -98,3 +98,55 @@ def test_a_cut_part_of_a_tracked_face_is_left_to_its_track_and_a_straddling_face
     assert len(out) == 1
     x0, y0, x1, y1 = out[0]
     assert x0 <= tracked[0] and x1 >= straddling[2] and y0 <= tracked[1] and y1 >= straddling[3]
+
+
+def _half_face_at_side(astronaut_bgr, right: bool, width=160, in_view=0.55):
+    """An 800x450 frame with the astronaut's face (photo crop ``width`` px wide) cut by the
+    picture's left (or right) side, ``in_view`` of the crop inside: a person walking in."""
+    face = astronaut_bgr[20:230, 130:330]
+    scale = width / 200
+    img = cv2.warpAffine(face, np.float32([[scale, 0, -(1 - in_view) * width], [0, scale, 120]]), (800, 450),
+                         borderValue=(40, 60, 50))
+    return np.ascontiguousarray(img[:, ::-1]) if right else img
+
+
+@pytest.mark.parametrize("right", [False, True], ids=["left side", "right side"])
+def test_a_face_half_in_the_picture_is_hidden_on_its_first_frame(net, astronaut_bgr, right):
+    """Half a face at the picture's side is found on the side mirrored outward and hidden
+    on the frame it appears, though no whole-frame or tile detection finds it."""
+    img = _half_face_at_side(astronaut_bgr, right)
+    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    found = net.detect_scored(rgb, img.shape[:2])
+    assert not [f for f in found if not f[2]], "no uncut detection: only the mirrored side finds it"
+    boxes = net.update(rgb, img.shape[:2], [], found=found)
+    assert boxes, "the half face is hidden"
+    x0, y0, x1, y1 = boxes[0]
+    side_ok = x1 == 800 and x0 <= 750 if right else x0 == 0 and x1 >= 50
+    assert side_ok and y0 <= 180 and y1 >= 250, boxes  # from the edge over its eyes, nose and mouth
+    # the sides are looked at on every other frame (EDGE_EVERY): the frame between keeps it hidden
+    between = net.detect_scored(rgb, img.shape[:2])
+    assert EDGE_EVERY == 2 and not [f for f in between if f[2]]
+    assert net.update(rgb, img.shape[:2], [], found=between) == boxes
+
+
+class _Detection:
+    def __init__(self, x0, x1, score):
+        box = type("Box", (), {"xmin": x0, "width": x1 - x0, "ymin": 0.3, "height": 0.4})()
+        self.location_data = type("Location", (), {"relative_bounding_box": box})()
+        self.score = [score]
+
+
+def test_only_faces_the_side_cuts_through_their_middle_count_as_half_faces(net):
+    """The side look's geometry, with its detector's output given (x in units of the
+    strip width s of a mirrored pair 4 s wide: mirror | left side | right side | mirror):
+    a box the picture's edge crosses (leaving at least EDGE_STRADDLE of it on either side)
+    is a half face, mapped back to frame pixels and clipped; one wholly in view, one wholly
+    in the mirror, or one under EDGE_SCORE is not."""
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    s = round(EDGE_STRIP * 360)
+    boxes = [(0.5, 1.5, 0.9), (1.2, 1.9, 0.9), (0.1, 0.8, 0.9), (0.6, 1.4, EDGE_SCORE - 0.05), (2.4, 3.3, 0.8)]
+    result = type("Result", (), {"detections": [_Detection(a / 4, b / 4, sc) for a, b, sc in boxes]})()
+    net._edge_detector = type("Stub", (), {"process": lambda self, img: result, "close": lambda self: None})()
+    found = net._half_faces_at_edges(frame, (720, 1280))  # a 720p frame's 640-px detection copy
+    assert [(round(b[0]), round(b[2]), sc, cut) for b, sc, cut in found] == [
+        (0, round(0.5 * s * 2), 0.9, True), (round((640 - 0.6 * s) * 2), 1280, 0.8, True)]
