@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also verify after a 720p H.264 call at these bitrates (kbit/s), e.g. 1500,600")
     ap.add_argument("--codec-frames", type=int, default=15,
                     help="length of the H.264 clip; its last frame is judged (longer = nearer steady state)")
+    ap.add_argument("--oracle-population", action="store_true",
+                    help="with --set specific_weight=W: the person-specific term's population is the other "
+                         "identities' enrolment halves (also the top-1 gallery: an optimistic bound)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cloak_probe"))
     args = ap.parse_args(argv)
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jpeg_share is not None:
         s.eot.jpeg_share = args.jpeg_share
     result = run_protocol(Path(args.faces), s, judges, min_photos=args.min_photos, people=args.people,
-                          only=args.only, loo=args.loo,
+                          only=args.only, loo=args.loo, oracle_population=args.oracle_population,
                           codec=args.codec, codec_frames=args.codec_frames, say=lambda t: print(t, flush=True))
     result = {"recipe": args.recipe, "command": "python benchmarks/cloak_probe.py " + " ".join(argv or sys.argv[1:]),
               **result}

@@ -226,3 +226,32 @@ def test_leave_one_out_leaves_each_recogniser_out_once():
     three = loo_keys(("dlib", "sface", "faceres"))
     assert three["loo_no_faceres"] == ("dlib", "sface") and len(three) == 3
     assert _label("loo_no_sface") == "without sface" and _label("cloak_h264_600") == "cloak h264 600k"
+
+
+def test_the_person_specific_term_adds_the_positive_projection_on_the_centre_minus_the_population(astronaut_crop):
+    """specific_directions: the unit direction of the person's centre minus the population's
+    mean unit embedding; cloak_losses adds specific_weight times the views' positive
+    projection on it, and nothing at weight 0."""
+    import torch.nn.functional as F
+
+    from livedeid.cloak.optimise import centre_embedding, cloak_losses, specific_directions
+    from livedeid.recognizers.base import get_recognizer
+    from livedeid.recognizers.heads import RecognizerHead
+
+    crop, _ = astronaut_crop
+    x = torch.from_numpy(np.stack([crop, np.clip(crop * 0.9 + 0.05, 0, 1).astype(np.float32)]))
+    others = torch.from_numpy(np.ascontiguousarray(np.stack([crop[:, ::-1], crop[:, :, ::-1]])))  # not this face
+    head = RecognizerHead.from_recognizer(get_recognizer("dlib"), crop_size=128)
+    with torch.no_grad():
+        emb = head(x)
+        refs = {"dlib": (centre_embedding(head, emb), emb)}
+        d = specific_directions([head], refs, others)["dlib"]
+        expected = F.normalize(F.normalize(refs["dlib"][0], dim=-1) - F.normalize(head(others), dim=-1).mean(0), dim=-1)
+        assert torch.allclose(d, expected) and abs(float(d.norm()) - 1) < 1e-5
+        projection = F.normalize(emb, dim=-1) @ d
+        assert float(projection.min()) > 0  # the person's own clean crops lie on their side
+        idx = torch.arange(2)
+        plain = cloak_losses([head], x, refs, idx, CloakSettings(specific_weight=0.0), {"dlib": d})[0]
+        assert torch.equal(plain, cloak_losses([head], x, refs, idx, CloakSettings())[0])
+        weighted = cloak_losses([head], x, refs, idx, CloakSettings(specific_weight=2.0), {"dlib": d})[0]
+        assert torch.allclose(weighted, plain + 2.0 * F.relu(projection).mean())

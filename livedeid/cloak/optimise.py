@@ -95,6 +95,7 @@ class CloakSettings:
     margin: float = 0.3              # beyond each threshold, in the recogniser's units (cosine / distance)
     stop_margin: float = 0.05        # early stop once held-out crops are this far beyond every threshold
     own_weight: float = 0.25         # the same-photo term (b); the gallery term (a) weighs 1
+    specific_weight: float = 0.0     # (c), with a population: measured only (docs/decisions.md, ninth session)
     ssim_weight: float = 0.3
     lr: float = 0.5                  # Adam on the tanh parameters: large steps drive the pattern to the
                                      # budget's edges as sign-PGD does (0.05-0.15 used ~1.5 dB less of it
@@ -293,15 +294,29 @@ def centre_embedding(head: RecognizerHead, emb: torch.Tensor) -> torch.Tensor:
     return emb.mean(0)
 
 
-def cloak_losses(heads, views: torch.Tensor, refs: dict, own_idx: torch.Tensor, s: CloakSettings) -> list[torch.Tensor]:
+def specific_directions(heads, centres: dict, population: torch.Tensor) -> dict:
+    """Per head, the unit direction of the person's centre minus the mean unit embedding of
+    ``population`` crops (other people): what a closed-set ranking (top-1) compares."""
+    with torch.no_grad():
+        return {h.name: F.normalize(F.normalize(centres[h.name][0], dim=-1)
+                                    - F.normalize(h(population), dim=-1).mean(0), dim=-1) for h in heads}
+
+
+def cloak_losses(heads, views: torch.Tensor, refs: dict, own_idx: torch.Tensor, s: CloakSettings,
+                 specific: dict | None = None) -> list[torch.Tensor]:
     """Per head, the hinges from the centre and from the own clean embeddings
-    (``refs[name][1][own_idx]``) of the cloaked, transformed ``views``."""
+    (``refs[name][1][own_idx]``) of the cloaked, transformed ``views``; with ``specific``
+    (:func:`specific_directions`), also ``specific_weight`` times the views' positive
+    projection on the person-specific direction."""
     out = []
     for head in heads:
         emb = head(views)
         centre, own = refs[head.name]
-        out.append(hinge_term(head, emb, centre.expand_as(emb), s.margin)
-                   + s.own_weight * hinge_term(head, emb, own[own_idx], s.margin))
+        term = (hinge_term(head, emb, centre.expand_as(emb), s.margin)
+                + s.own_weight * hinge_term(head, emb, own[own_idx], s.margin))
+        if specific is not None and s.specific_weight > 0:
+            term = term + s.specific_weight * F.relu(F.normalize(emb, dim=-1) @ specific[head.name]).mean()
+        out.append(term)
     return out
 
 
@@ -372,7 +387,7 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
                    progress: Callable[[dict], None] | None = None,
                    landmarks: list[np.ndarray] | None = None, init: np.ndarray | None = None,
                    accept: Callable[[np.ndarray], bool] | None = None,
-                   layout: np.ndarray | None = None) -> CloakResult:
+                   layout: np.ndarray | None = None, population: np.ndarray | None = None) -> CloakResult:
     """Optimise a cloak on ``crops`` (N, 3, S, S) float32 RGB in [0, 1] (enrolment crops);
     ``held_out`` crops are kept out of the optimisation and decide early stopping;
     ``landmarks`` (face mesh in crop pixels per crop) place the weight map, found on the
@@ -381,6 +396,7 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
     the profile's cloak; ``l2`` or ``mifgsm``). With ``settings.repose`` the pattern is
     drawn in ``layout`` (478, 2), by default :func:`face_layout` of the crops, returned in
     the result; refinement passes the profile's so the pattern keeps its meaning.
+    ``population``: other people's crops, for ``settings.specific_weight`` (probe only).
 
     ``accept`` (with ``held_out``): the real verification, asked at each check where the
     surrogates no longer match any held-out crop to the centre (plain view); the
@@ -425,6 +441,8 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
         gen = torch.Generator().manual_seed(s.seed)
         heads = [RecognizerHead.from_recognizer(get_recognizer(n), crop_size=size) for n in s.recognizers]
         refs, held_refs = _references(heads, enrol, held)
+        specific = (specific_directions(heads, refs, _as_crops(population, "population crops"))
+                    if population is not None and s.specific_weight > 0 else None)
         pattern = SignPattern(weights, s) if s.method in ("mifgsm", "l2") else Pattern(weights, s)
         if init is not None:
             if s.method not in ("mifgsm", "l2") or np.shape(init) != (3, size, size):
@@ -439,7 +457,7 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
             idx = torch.randint(len(enrol), (s.batch,), generator=gen)
             p = _on_crops(pattern(), None if enrol_grids is None else enrol_grids[idx])
             views = cloaked_view(enrol[idx], p, gen, s.eot)
-            terms = cloak_losses(heads, views, refs, idx, s)
+            terms = cloak_losses(heads, views, refs, idx, s, specific)
             if s.ssim_weight > 0:
                 clean = enrol[idx]
                 terms.append(1.0 - ssim((clean + p).clamp(0, 1), clean, data_range=1.0))

@@ -238,10 +238,13 @@ def split_photos(paths) -> tuple[list, list]:
 # long: the per-person loop (optimise, verify, the optional transfer and codec runs) reads best whole
 def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 4, people: int = 0,
                  only: tuple[str, ...] = (), loo: bool = False, codec: list[float] | None = None, codec_frames: int = 15,
-                 say=print) -> dict:
+                 oracle_population: bool = False, say=print) -> dict:
     """The protocol of the module docstring on ``faces`` (identity folders of photos) with
     the optimiser's ``settings`` (:class:`~livedeid.cloak.optimise.CloakSettings`); the
-    result: ``settings``, per-person ``people`` rows and ``pooled`` figures per method."""
+    result: ``settings``, per-person ``people`` rows and ``pooled`` figures per method.
+    ``oracle_population``: the person-specific term's population is the other identities'
+    enrolment halves, who are also the top-1 gallery: an optimistic bound, not a product
+    setting (a product would ship a population of its own)."""
     from livedeid.cloak.optimise import optimise_cloak
     from livedeid.cloak.verify import verify_cloak
 
@@ -257,13 +260,19 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
         match = {n: v["plain"]["centre"] for n, v in entry["held_out_match"].items()}
         say(f"  step {entry['step']}: {entry['seconds']:.0f} s, loss {entry['loss']:.3f}, enrolment match {match}")
 
+    halves = {}
+    if oracle_population:
+        say("population crops (the other identities' enrolment halves) ...")
+        halves = {ident: enrolment_crops(split_photos(paths)[0])[0] for ident, paths in by_person.items()}
     rows = []
     for person, paths in chosen:
         enrol, probes = split_photos(paths)
         k = len(enrol)
         crops, lms = enrolment_crops(enrol)
+        population = (np.concatenate([c for ident, c in halves.items() if ident != person and len(c)])
+                      if oracle_population else None)
         t0 = time.perf_counter()
-        res = optimise_cloak(crops, s, landmarks=lms, progress=show)
+        res = optimise_cloak(crops, s, landmarks=lms, progress=show, population=population)
         row = {"person": person, "enrol": k, "probes": len(probes), "seconds": time.perf_counter() - t0,
                "stopped_early": res.stopped_early, "history": res.history,
                "pattern_max": float(np.abs(res.pattern).max() * 255),
