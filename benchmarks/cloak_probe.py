@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(s, field, value)
     if args.jpeg_share is not None:
         s.eot.jpeg_share = args.jpeg_share
+    if args.oracle_population != (s.specific_weight > 0):
+        ap.error("--oracle-population and --set specific_weight=W (W > 0) go together")
     result = run_protocol(Path(args.faces), s, judges, min_photos=args.min_photos, people=args.people,
                           only=args.only, loo=args.loo, oracle_population=args.oracle_population,
                           codec=args.codec, codec_frames=args.codec_frames, say=lambda t: print(t, flush=True))

@@ -255,3 +255,5 @@ def test_the_person_specific_term_adds_the_positive_projection_on_the_centre_min
         assert torch.equal(plain, cloak_losses([head], x, refs, idx, CloakSettings())[0])
         weighted = cloak_losses([head], x, refs, idx, CloakSettings(specific_weight=2.0), {"dlib": d})[0]
         assert torch.allclose(weighted, plain + 2.0 * F.relu(projection).mean())
+    with pytest.raises(UserError, match="population"):  # a weight with nobody to compare against
+        optimise_cloak(x.numpy(), CloakSettings(specific_weight=1.0, steps=1))

@@ -304,10 +304,9 @@ def specific_directions(heads, centres: dict, population: torch.Tensor) -> dict:
 
 def cloak_losses(heads, views: torch.Tensor, refs: dict, own_idx: torch.Tensor, s: CloakSettings,
                  specific: dict | None = None) -> list[torch.Tensor]:
-    """Per head, the hinges from the centre and from the own clean embeddings
-    (``refs[name][1][own_idx]``) of the cloaked, transformed ``views``; with ``specific``
-    (:func:`specific_directions`), also ``specific_weight`` times the views' positive
-    projection on the person-specific direction."""
+    """Per head, the hinges from the centre and from the own clean embeddings (``refs[name][1][own_idx]``)
+    of the cloaked, transformed ``views``; with ``specific`` (:func:`specific_directions`),
+    plus ``specific_weight`` times the views' positive projection on it."""
     out = []
     for head in heads:
         emb = head(views)
@@ -395,8 +394,8 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
     ``"last": True``). ``init``: a pattern to start from (background refinement continues
     the profile's cloak; ``l2`` or ``mifgsm``). With ``settings.repose`` the pattern is
     drawn in ``layout`` (478, 2), by default :func:`face_layout` of the crops, returned in
-    the result; refinement passes the profile's so the pattern keeps its meaning.
-    ``population``: other people's crops, for ``settings.specific_weight`` (probe only).
+    the result; refinement passes the profile's so the pattern keeps its meaning. ``population``:
+    other people's crops, for ``settings.specific_weight`` (probe only).
 
     ``accept`` (with ``held_out``): the real verification, asked at each check where the
     surrogates no longer match any held-out crop to the centre (plain view); the
@@ -413,6 +412,8 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
         raise UserError(f"unknown cloak method {s.method!r} (mifgsm, l2 or adam)")
     if s.method == "l2" and not s.rms > 0:
         raise UserError("the l2 method needs an energy limit rms > 0")
+    if s.specific_weight > 0 and population is None:  # probe only: no profile has a population
+        raise UserError("specific_weight > 0 needs population crops (other people's faces)")
     if not 0 < s.budget <= 0.25 or s.steps < 1 or s.batch < 1 or not s.recognizers:
         raise UserError("cloak settings need 0 < budget <= 64/255, steps >= 1, batch >= 1 and a recogniser")
     lms = landmarks if landmarks is not None else crop_landmarks(enrol.numpy())
@@ -441,8 +442,7 @@ def optimise_cloak(crops: np.ndarray, settings: CloakSettings, *, held_out: np.n
         gen = torch.Generator().manual_seed(s.seed)
         heads = [RecognizerHead.from_recognizer(get_recognizer(n), crop_size=size) for n in s.recognizers]
         refs, held_refs = _references(heads, enrol, held)
-        specific = (specific_directions(heads, refs, _as_crops(population, "population crops"))
-                    if population is not None and s.specific_weight > 0 else None)
+        specific = specific_directions(heads, refs, _as_crops(population, "population")) if s.specific_weight else None
         pattern = SignPattern(weights, s) if s.method in ("mifgsm", "l2") else Pattern(weights, s)
         if init is not None:
             if s.method not in ("mifgsm", "l2") or np.shape(init) != (3, size, size):

@@ -283,7 +283,8 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
         if loo:
             for key, ensemble in loo_keys(s.recognizers).items():
                 t1 = time.perf_counter()
-                r1 = optimise_cloak(crops, dataclasses.replace(s, recognizers=ensemble), landmarks=lms)
+                r1 = optimise_cloak(crops, dataclasses.replace(s, recognizers=ensemble), landmarks=lms,
+                                    population=population)
                 row[f"{key}_seconds"] = time.perf_counter() - t1
                 row[key] = verify_cloak(r1.pattern, probes, enrol, judges, grow=s.grow, others=others_of(centres, person),
                                         layout=r1.layout)
