@@ -103,10 +103,7 @@ def test_a_cut_part_of_a_tracked_face_is_left_to_its_track_and_a_straddling_face
 def _half_face_at_side(astronaut_bgr, right: bool, width=160, in_view=0.55):
     """An 800x450 frame with the astronaut's face (photo crop ``width`` px wide) cut by the
     picture's left (or right) side, ``in_view`` of the crop inside: a person walking in."""
-    face = astronaut_bgr[20:230, 130:330]
-    scale = width / 200
-    img = cv2.warpAffine(face, np.float32([[scale, 0, -(1 - in_view) * width], [0, scale, 120]]), (800, 450),
-                         borderValue=(40, 60, 50))
+    img = _face_scene(astronaut_bgr, width, at=(-(1 - in_view) * width, 120))
     return np.ascontiguousarray(img[:, ::-1]) if right else img
 
 

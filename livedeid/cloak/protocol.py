@@ -263,13 +263,13 @@ def run_protocol(faces: Path, settings, judges: list[str], *, min_photos: int = 
     halves = {}
     if oracle_population:
         say("population crops (the other identities' enrolment halves) ...")
-        halves = {ident: enrolment_crops(split_photos(paths)[0])[0] for ident, paths in by_person.items()}
+        halves = {ident: enrolment_crops(split_photos(paths)[0]) for ident, paths in by_person.items()}
     rows = []
     for person, paths in chosen:
         enrol, probes = split_photos(paths)
         k = len(enrol)
-        crops, lms = enrolment_crops(enrol)
-        population = (np.concatenate([c for ident, c in halves.items() if ident != person and len(c)])
+        crops, lms = halves[person] if person in halves else enrolment_crops(enrol)
+        population = (np.concatenate([c for ident, (c, _) in halves.items() if ident != person and len(c)])
                       if oracle_population else None)
         t0 = time.perf_counter()
         res = optimise_cloak(crops, s, landmarks=lms, progress=show, population=population)

@@ -48,9 +48,9 @@ PART_OF_TRACKED = 0.6
 # (torture set, `leave_reenter`: 55 % of a 133 px face in view, shown raw for a frame).
 # Mirrored about the picture's edge, the half face is whole again: a strip of each side
 # (this share of the frame's height wide, enough for half a face at webcam distance) is
-# reflected outward and the two mirrored strips go to the short-range detector in one call. Only a detection the edge cuts through its middle
-# (:data:`EDGE_STRADDLE`) is a half face; one wholly in view is the whole-frame call's, one
-# wholly in the mirror is a reflection of one.
+# reflected outward and the two mirrored strips go to the short-range detector in one call.
+# Only a detection the edge cuts through its middle (:data:`EDGE_STRADDLE`) is a half face;
+# one wholly in view is the whole-frame call's, one wholly in the mirror a reflection of one.
 EDGE_STRIP = 0.3
 EDGE_STRADDLE = 0.15  # the edge lies this share of the box's width or more inside it, on both sides
 # Mirrored backgrounds are symmetric by construction and look face-like to a detector:
@@ -117,8 +117,7 @@ class SafetyNet:
         self.hold_frames, self.margin, self.growth = hold_frames, margin, growth_per_frame
         # [x0, y0, x1, y1, frames since last seen, confirmed]
         self._held: list[list] = []
-        self._tile = 0
-        self._looks = 0  # frames looked at (the sides on every EDGE_EVERY-th, the first included)
+        self._looks = 0  # frames looked at: picks the tile; the sides on every EDGE_EVERY-th, from the first
         self.last_detections: list[tuple[float, float, float, float]] = []  # every face of the last frame
 
     def close(self) -> None:
@@ -136,14 +135,13 @@ class SafetyNet:
         sides mirrored (:meth:`_half_faces_at_edges`)."""
         h, w = frame_hw
         rh, rw = rgb.shape[:2]
-        col, row = self._tile % 2, self._tile // 2
-        self._tile = (self._tile + 1) % 4
+        look, self._looks = self._looks, self._looks + 1
+        col, row = look % 2, look % 4 // 2
         tw, th = int(rw * 0.6), int(rh * 0.6)  # quarters with 20 % overlap
         tx, ty = col * (rw - tw), row * (rh - th)
         tile = self._beside.submit(self._tile_detector.process, np.ascontiguousarray(rgb[ty:ty + th, tx:tx + tw]))
-        self._looks += 1
         edges = (self._beside.submit(self._half_faces_at_edges, rgb, frame_hw)
-                 if (self._looks - 1) % EDGE_EVERY == 0 else None)
+                 if look % EDGE_EVERY == 0 else None)
         whole = self._detector.process(rgb)
         found = []
         for result, (ox, oy, sw, sh) in ((whole, (0, 0, rw, rh)), (tile.result(), (tx, ty, tw, th))):
